@@ -1,0 +1,100 @@
+"""The built-in plugin: generic components every method builds on.
+
+Registered through the ``clustkit`` entry point ``builtin`` like any third-party plugin.
+Config models live here (pydantic only); factories are import strings into
+``clustkit.components`` so that listing components imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from clustkit import hookimpl
+from clustkit.registry import ComponentConfig, Registry
+
+F = "clustkit.components:"
+
+
+class DatasetConfig(ComponentConfig):
+    root: str | None = Field(None, description="dataset folder (or file); ignored by digits")
+    split: Literal["all", "train", "test"] = Field("all", description="clustering pools train and test")
+    image_size: int | None = Field(None, ge=4, description="resize folder images to this size")
+    superclasses: bool = Field(True, description="cifar100: the 20 coarse labels (the papers' protocol)")
+    unlabeled: bool = Field(False, description="stl10: add the 100k unlabelled split")
+    classes: list[str] | None = Field(None, description="image_folder: subfolders to keep, in order")
+    channels: int = Field(3, ge=1, le=3, description="image_folder: 1 = grey, 3 = RGB")
+    cache_dir: str | None = Field(None, description="where extracted/decoded archives are cached")
+
+
+class SmallCNNConfig(ComponentConfig):
+    width: int = Field(64, ge=4)
+    out_dim: int = Field(256, ge=2)
+
+
+class ResNetConfig(ComponentConfig):
+    depth: Literal[18, 34, 50] = 34
+    stem: Literal["imagenet", "cifar"] = "imagenet"
+
+
+class TimmConfig(ComponentConfig):
+    model: str = Field(..., description="any timm model name, e.g. resnet18, vit_tiny_patch16_224")
+    pretrained: bool = Field(False, description="download pretrained weights (needs network)")
+    kwargs: dict[str, int | float | str | bool] = Field(default_factory=dict)
+
+
+class MLPHeadConfig(ComponentConfig):
+    hidden: list[int] = Field(default_factory=lambda: [512])
+    out_dim: int | Literal["n_clusters"] = 128
+    output: Literal["none", "l2", "softmax"] = "none"
+    batch_norm: bool = False
+
+
+class TensorAffineConfig(ComponentConfig):
+    names: list[str] = Field(default_factory=lambda: ["weak1", "weak2"], min_length=1)
+    degrees: float = Field(15.0, ge=0)
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = Field(0.1, ge=0, le=0.5)
+    shear: float = Field(10.0, ge=0)
+    erase_p: float = Field(0.5, ge=0, le=1)
+    erase_area: tuple[float, float] = (0.05, 0.2)
+    noise_std: float = Field(0.05, ge=0)
+
+
+class KMeansGroupingConfig(ComponentConfig):
+    backend: Literal["auto", "faiss", "torch"] = "auto"
+    n_init: int = Field(3, ge=1)
+    max_iter: int = Field(100, ge=1)
+
+
+class HeadArgmaxConfig(ComponentConfig):
+    head: str = "cluster"
+    momentum: bool = False
+
+
+class KMeansEvalConfig(ComponentConfig):
+    features: str = Field("backbone", description="'backbone' or the name of a head")
+    momentum: bool = Field(False, description="use the momentum network's features")
+    spherical: bool = False
+
+
+@hookimpl
+def register_components(registry: Registry) -> None:
+    for name in ("digits", "mnist", "fashion_mnist", "usps", "coil20", "cifar10", "cifar100", "stl10",
+                 "image_folder", "imagenet10", "imagenet_dogs", "tiny_imagenet"):
+        registry.add("dataset", name, F + "build_dataset", DatasetConfig, doc=f"{name} (train and test pooled)")
+    registry.add("backbone", "small_cnn", F + "build_small_cnn", SmallCNNConfig,
+                 doc="4 conv layers + linear, for tiny images")
+    registry.add("backbone", "resnet", F + "build_resnet", ResNetConfig,
+                 doc="torchvision ResNet-18/34/50 with ImageNet or CIFAR stem")
+    registry.add("backbone", "timm", F + "build_timm", TimmConfig, doc="any timm model, num_classes=0")
+    registry.add("head", "mlp", F + "build_mlp_head", MLPHeadConfig, doc="MLP projector (none/l2/softmax output)")
+    registry.add("views", "tensor_affine", F + "TensorAffineViews", TensorAffineConfig,
+                 doc="batched affine + erasing + noise views (tiny images, GPU-friendly)")
+    registry.add("grouper", "kmeans", F + "KMeansGrouper", KMeansGroupingConfig,
+                 doc="k-means through FAISS (GPU index when present) or torch")
+    registry.add("evaluator", "head_argmax", F + "HeadArgmax", HeadArgmaxConfig,
+                 doc="argmax of a cluster head's soft assignment")
+    registry.add("evaluator", "kmeans", F + "KMeansEvaluator", KMeansEvalConfig,
+                 doc="k-means on extracted features (through the grouping component)")

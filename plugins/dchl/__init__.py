@@ -1,0 +1,1 @@
+"""clustkit plugin 'dchl' (work in progress)."""

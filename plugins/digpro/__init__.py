@@ -1,0 +1,1 @@
+"""clustkit plugin 'digpro' (work in progress)."""

@@ -1,0 +1,1 @@
+"""clustkit plugin 'iciclegcn' (work in progress)."""

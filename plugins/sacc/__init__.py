@@ -1,0 +1,1 @@
+"""clustkit plugin 'sacc' (work in progress)."""
