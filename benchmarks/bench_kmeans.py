@@ -1,7 +1,9 @@
 """Benchmark clustkit k-means (faiss and torch backends) against scikit-learn.
 
 All methods run on the same Gaussian-mixture features with n_init=1 and the
-same max_iter; we report wall time and the k-means objective (inertia).
+same max_iter; we report wall time, process CPU time (all threads; less
+sensitive than wall time to other load on the machine) and the k-means
+objective (inertia).
 A method is skipped at a size when linear extrapolation from its time at the
 previous size exceeds --max-seconds.
 
@@ -59,6 +61,20 @@ def methods() -> dict[str, Runner]:
     return out
 
 
+def timed(run: Runner, x: np.ndarray, args: argparse.Namespace) -> dict[str, object]:
+    """Wall and process CPU time of one run, with the machine's load around it."""
+    load_before = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    inertia, n_iter = run(x, args.k, args.max_iter, args.seed)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "inertia": inertia,
+        "n_iter": n_iter,
+        "loadavg_1min": (load_before, os.getloadavg()[0]),
+    }
+
+
 def environment() -> dict[str, object]:
     import sklearn
     import torch
@@ -87,16 +103,18 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [
         f"D={args.dim}, K={args.k}, max_iter={args.max_iter}, n_init=1",
         "",
-        "| N | method | wall time (s) | inertia | inertia / best | iterations |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| N | method | wall time (s) | CPU time (s) | inertia | inertia / best | iterations | 1-min load before/after |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['n']:,} | {r['method']} | skipped: {r['skipped']} | | | |")
+            lines.append(f"| {r['n']:,} | {r['method']} | skipped: {r['skipped']} | | | | | |")
             continue
         rel = float(r["inertia"]) / best[r["n"]]
+        load = "{:.1f} / {:.1f}".format(*r["loadavg_1min"])
         lines.append(
-            f"| {r['n']:,} | {r['method']} | {r['seconds']:.2f} | {r['inertia']:.4g} | {rel:.4f} | {r['n_iter']} |"
+            f"| {r['n']:,} | {r['method']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['inertia']:.4g} "
+            f"| {rel:.4f} | {r['n_iter']} | {load} |"
         )
     return "\n".join(lines)
 
@@ -132,11 +150,8 @@ def main() -> None:
                     rows.append(row)
                     print(row, flush=True)
                     continue
-            t0 = time.perf_counter()
-            inertia, n_iter = run(x, args.k, args.max_iter, args.seed)
-            wall = time.perf_counter() - t0
-            last_time[name] = (n, wall)
-            row.update(seconds=wall, inertia=inertia, n_iter=n_iter)
+            row.update(timed(run, x, args))
+            last_time[name] = (n, float(row["seconds"]))
             rows.append(row)
             print(row, flush=True)
         del x

@@ -1,7 +1,7 @@
 """Benchmark clustkit.neighbors.knn_graph at IcicleGCN scale on CPU.
 
 Builds the sparse kNN graph of random N x D features and reports wall time,
-the process peak RSS (ru_maxrss), the peak of Python-tracked allocations
+CPU time, the process peak RSS (ru_maxrss), the peak of Python-tracked allocations
 (tracemalloc, which sees numpy but not torch or faiss buffers) and the size a
 dense N x N float32 matrix would need, to show that none was materialised.
 
@@ -47,10 +47,11 @@ def main() -> None:
 
     x = np.random.default_rng(args.seed).standard_normal((args.n, args.dim), dtype=np.float32)
     rss_before = peak_rss_bytes()
+    load_before = os.getloadavg()[0]
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     adj = knn_graph(x, args.k, normalization=args.normalization, backend=args.backend)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
@@ -61,6 +62,8 @@ def main() -> None:
         "backend": args.backend,
         "normalization": args.normalization,
         "seconds": wall,
+        "cpu_seconds": cpu,
+        "loadavg_1min": (load_before, os.getloadavg()[0]),
         "nnz": int(adj._nnz()),
         "features_gb": x.nbytes / GB,
         "peak_rss_before_gb": rss_before / GB,
@@ -79,12 +82,15 @@ def main() -> None:
 def markdown(r: dict[str, object]) -> str:
     return "\n".join(
         [
-            "| N | D | k | backend | wall time (s) | nnz | features (GB) | peak RSS before build (GB) "
-            "| peak RSS after build (GB) | tracemalloc peak (GB) | dense N×N float32 (GB) |",
-            "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {r['n']:,} | {r['dim']} | {r['k']} | {r['backend']} | {r['seconds']:.1f} | {r['nnz']:,} "
+            "| N | D | k | backend | wall time (s) | CPU time (s) | nnz | features (GB) "
+            "| peak RSS before build (GB) | peak RSS after build (GB) | tracemalloc peak (GB) "
+            "| dense N×N float32 (GB) | 1-min load before/after |",
+            "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            f"| {r['n']:,} | {r['dim']} | {r['k']} | {r['backend']} | {r['seconds']:.1f} "
+            f"| {r['cpu_seconds']:.1f} | {r['nnz']:,} "
             f"| {r['features_gb']:.3f} | {r['peak_rss_before_gb']:.3f} | {r['peak_rss_gb']:.3f} "
-            f"| {r['tracemalloc_peak_gb']:.3f} | {r['dense_nxn_float32_gb']:.1f} |",
+            f"| {r['tracemalloc_peak_gb']:.3f} | {r['dense_nxn_float32_gb']:.1f} "
+            "| {:.1f} / {:.1f} |".format(*r["loadavg_1min"]),
         ]
     )
 

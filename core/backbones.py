@@ -18,7 +18,7 @@ class SmallCNN(nn.Module):
     linear layer: enough capacity for digits while a 150-epoch run stays within a minute on CPU.
     """
 
-    def __init__(self, in_channels: int, width: int = 64, out_dim: int = 256):
+    def __init__(self, in_channels: int, width: int = 32, out_dim: int = 256):
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:

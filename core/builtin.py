@@ -29,7 +29,7 @@ class DatasetConfig(ComponentConfig):
 
 
 class SmallCNNConfig(ComponentConfig):
-    width: int = Field(64, ge=4)
+    width: int = Field(32, ge=4)
     out_dim: int = Field(256, ge=2)
 
 

@@ -42,7 +42,7 @@ class KMeansResult:
     ``inertia`` is the sum of squared Euclidean distances to the assigned
     centroid, or the sum of ``1 - cos`` in spherical mode, recomputed exactly
     from ``labels`` and ``centroids``. ``n_iter`` counts Lloyd iterations of the
-    kept run (FAISS only reports the total, so there it is the mean per restart).
+    kept run.
     """
 
     labels: np.ndarray
@@ -106,11 +106,9 @@ def kmeans(
 
     ``backend="auto"`` uses FAISS when importable (on GPU if FAISS sees one),
     else torch. FAISS ignores ``tol``: it stops after ``max_iter`` iterations or
-    once its objective no longer changes. FAISS seeds with plain k-means++ where
-    available (random sampling in older versions) and the torch backend with
-    greedy k-means++, which finds better optima; use ``n_init > 1`` with FAISS
-    when the objective matters. ``device`` only applies to the torch backend (default: the tensor's device,
-    or CPU for numpy input).
+    once its objective no longer changes. Both backends seed with greedy
+    k-means++ (torch, on CPU for FAISS). ``device`` only applies to the torch
+    backend (default: the tensor's device, or CPU for numpy input).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -167,41 +165,53 @@ def _exact_inertia_np(
 def _faiss_kmeans(
     x: np.ndarray, k: int, *, spherical: bool, n_init: int, max_iter: int, seed: int, gpu: bool
 ) -> KMeansResult:
+    """FAISS Lloyd iterations from greedy k-means++ seeds, best of ``n_init``.
+
+    FAISS's own seeding (random, or plain k-means++ in newer versions) lands in
+    local minima ~30% worse than greedy k-means++ on 100-component mixtures, so
+    the seeds come from the torch implementation (zero-copy on the CPU array).
+    """
     import faiss
+    import torch
 
     _validate(tuple(x.shape), k, n_init, max_iter)
     if spherical:
         x = _normalize_rows(x)
     n, d = x.shape
-    params: dict[str, Any] = {}
-    if hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):  # newer faiss; default is random
-        params["init_method"] = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
-    km = faiss.Kmeans(
-        d,
-        k,
-        niter=max_iter,
-        nredo=n_init,
-        spherical=spherical,
-        seed=seed,
-        # FAISS subsamples to k * max_points_per_centroid points; we want all of them.
-        max_points_per_centroid=max(256, math.ceil(n / k) + 1),
-        min_points_per_centroid=1,
-        gpu=gpu,
-        verbose=False,
-        **params,
-    )
-    km.train(x)
-    _, assign = km.index.search(x, 1)
-    labels = assign[:, 0].astype(np.int64)
-    centroids = np.array(km.centroids, dtype=np.float32).reshape(k, d)
-    return KMeansResult(
-        labels=labels,
-        centroids=centroids,
-        inertia=_exact_inertia_np(x, centroids, labels, spherical),
-        backend="faiss-gpu" if gpu else "faiss-cpu",
-        n_iter=len(km.iteration_stats) // n_init,
-        n_empty=int((np.bincount(labels, minlength=k) == 0).sum()),
-    )
+    xt = torch.from_numpy(x)
+    x_sq = (xt * xt).sum(1)
+    gen = torch.Generator().manual_seed(seed)
+    best: KMeansResult | None = None
+    for _ in range(n_init):
+        init = _kmeans_pp(xt, x_sq, k, gen, spherical).numpy()
+        km = faiss.Kmeans(
+            d,
+            k,
+            niter=max_iter,
+            spherical=spherical,
+            seed=seed,
+            # FAISS subsamples to k * max_points_per_centroid points; we want all of them.
+            max_points_per_centroid=max(256, math.ceil(n / k) + 1),
+            min_points_per_centroid=1,
+            gpu=gpu,
+            verbose=False,
+        )
+        km.train(x, init_centroids=init)
+        _, assign = km.index.search(x, 1)
+        labels = assign[:, 0].astype(np.int64)
+        centroids = np.array(km.centroids, dtype=np.float32).reshape(k, d)
+        inertia = _exact_inertia_np(x, centroids, labels, spherical)
+        if best is None or inertia < best.inertia:
+            best = KMeansResult(
+                labels=labels,
+                centroids=centroids,
+                inertia=inertia,
+                backend="faiss-gpu" if gpu else "faiss-cpu",
+                n_iter=len(km.iteration_stats),
+                n_empty=int((np.bincount(labels, minlength=k) == 0).sum()),
+            )
+    assert best is not None
+    return best
 
 
 # ----------------------------------------------------------------------------- torch

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .kmeans import as_float32_array, faiss_available
+from .kmeans import FaissNotAvailableError, as_float32_array, faiss_available
 
 if TYPE_CHECKING:
     import torch
@@ -80,8 +80,6 @@ def knn(
     if backend == "auto":
         backend = "faiss" if faiss_available() else "torch"
     if backend == "faiss" and not faiss_available():
-        from .kmeans import FaissNotAvailableError
-
         raise FaissNotAvailableError("knn backend 'faiss' requested but faiss is not installed")
     dist, idx = _faiss_search(xs, kk, chunk) if backend == "faiss" else _torch_search(xs, kk)
     dist = np.maximum(dist, 0.0).astype(np.float32, copy=False)

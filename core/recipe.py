@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,9 +210,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str | None 
     return data
 
 
+_DEFAULTED_VAR = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
 def _expand(value: Any) -> Any:
-    """Expand ``$VAR`` / ``${VAR}`` and ``~`` in string values (data roots, paths)."""
+    """Expand ``$VAR`` / ``${VAR}``, ``${VAR:-default}`` (default when VAR is unset or empty) and
+    ``~`` in string values (data roots, paths)."""
     if isinstance(value, str) and ("$" in value or value.startswith("~")):
+        value = _DEFAULTED_VAR.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), value)
         return os.path.expanduser(os.path.expandvars(value))
     if isinstance(value, dict):
         return {k: _expand(v) for k, v in value.items()}
@@ -237,6 +243,10 @@ def _validation_error(file: str, prefix: str, exc: ValidationError, model: type[
             allowed = sorted(fields)
     elif err["type"] == "missing":
         msg = "is required but missing."
+    elif err["type"] in ("literal_error", "enum"):
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        allowed = [a.strip().strip("'") for a in expected.replace(" or ", ", ").split(",") if a.strip()]
+        msg = f"{err.get('input')!r} is not a valid choice."
     else:
         msg = f"{msg} (got {err.get('input')!r})."
     extra = len(exc.errors()) - 1

@@ -353,16 +353,16 @@ def test_cifar100_superclasses(tmp_path):
 # ----------------------------------------------------------------------------- CIFAR-10 JPEG copy
 
 
-def fabricate_cifar_jpg(tmp_path: Path, classes=CIFAR10, per_split=(2, 1)) -> tuple[Path, dict]:
+def fabricate_cifar_jpg(tmp_path: Path, classes=CIFAR10, per_split=(3, 1)) -> tuple[Path, dict]:
     """A tiny CIFAR-10-images.tar.gz; members added in a shuffled order, numbers out of lexical order."""
     rng = np.random.default_rng(0)
     members, expected = [], {"train": [], "test": []}
     for split, n in zip(("train", "test"), per_split):
         for k, c in enumerate(classes):
-            for j in (9, 10, 2)[:n]:  # 2 < 9 < 10 numerically, "10" < "2" < "9" lexically
+            for j in (9, 10, 2)[:n]:  # 2 < 9 < 10 numerically, "10" < "2" < "9" as names
                 img = np.full((32, 32, 3), 20 * k + j, dtype=np.uint8) + rng.integers(0, 5, (32, 32, 3), dtype=np.uint8)
                 data = jpeg_bytes(img)
-                members.append((f"CIFAR-10-images/{split}/{c}/{j:04d}.jpg", data))
+                members.append((f"CIFAR-10-images/{split}/{c}/{j}.jpg", data))
                 expected[split].append((CIFAR10.index(c), j, data))
     rng.shuffle(members)
     archive = tmp_path / "src" / "CIFAR-10-images.tar.gz"
@@ -389,19 +389,20 @@ def test_cifar10_jpg_archive(tmp_path):
     archive, expected = fabricate_cifar_jpg(tmp_path)
     cache = tmp_path / "cache"
     ds = load_dataset("cifar10", root=archive.parent, cache_dir=cache)
-    check_contract(ds, 30, (3, 32, 32))
+    check_contract(ds, 40, (3, 32, 32))
     assert ds.name == "cifar10-jpg" and ds.class_names == CIFAR10
     order = sorted(expected["train"], key=lambda t: (t[0], t[1])) + sorted(expected["test"], key=lambda t: (t[0], t[1]))
     assert ds.labels.tolist() == [t[0] for t in order]
     ref = np.stack([decode_reference(t[2]) for t in order])
     assert np.abs(ds.images.numpy().astype(int) - ref.astype(int)).max() <= 2  # decoders may differ by rounding
-    # numeric order inside a class: file 0002 before 0009 (lexical order would put 0010 first)
-    assert ds.images[0].float().mean() < ds.images[1].float().mean()
+    # numeric order inside a class: 2.jpg, 9.jpg, 10.jpg (name order would put 10.jpg first)
+    means = [ds.images[i].float().mean().item() for i in range(3)]
+    assert means == sorted(means)
     # cached once, atomically: a single .npz and no leftover temporary file
     files = sorted(p.name for p in cache.iterdir())
     assert len(files) == 1 and files[0].startswith("cifar10-jpg-") and files[0].endswith(".npz")
     cached = load_dataset("cifar10", root=archive, cache_dir=cache, split="test")
-    assert torch.equal(cached.images, ds.images[20:]) and cached.labels.tolist() == ds.labels[20:].tolist()
+    assert torch.equal(cached.images, ds.images[30:]) and cached.labels.tolist() == ds.labels[30:].tolist()
     # the archive is never extracted next to itself
     assert sorted(p.name for p in archive.parent.iterdir()) == ["CIFAR-10-images.tar.gz"]
 
@@ -430,7 +431,7 @@ def test_cifar10_jpg_missing_classes(tmp_path):
     with pytest.raises(DatasetError, match="automobile, bird, deer"):
         load_dataset("cifar10", root=archive, cache_dir=tmp_path / "cache")
     with pytest.raises(DatasetError, match="found neither pickles"):
-        load_dataset("cifar10", root=tmp_path / "cache" if (tmp_path / "cache").exists() else tmp_path)
+        load_dataset("cifar10", root=tmp_path, cache_dir=tmp_path / "cache")
 
 
 # ----------------------------------------------------------------------------- STL-10
@@ -512,6 +513,10 @@ def test_image_folder_flat_unlabelled(tmp_path):
     check_contract(ds, 5, (3, 8, 8))
     assert ds.num_classes is None and ds.class_names is None and not ds.has_labels
     assert ds.labels.tolist() == [-1] * 5
+    (tmp_path / "zz_broken.png").write_bytes(b"not a png")
+    broken = load_dataset("image_folder", root=tmp_path, image_size=8)
+    with pytest.raises(DatasetError, match="zz_broken.png"):
+        broken[len(broken) - 1]
 
 
 def test_image_folder_wrapper_and_splits(tmp_path):

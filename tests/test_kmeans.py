@@ -79,14 +79,15 @@ def test_spherical_on_circle(backend: str) -> None:
     assert 0.0 <= res.inertia < 0.01 * group.size
 
 
-def test_torch_backend_deterministic_under_seed() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic_under_seed(backend: str) -> None:
     x = gaussian_mixture(0, n=1500)
-    a = kmeans(x, 10, backend="torch", seed=5)
-    b = kmeans(x, 10, backend="torch", seed=5)
+    a = kmeans(x, 10, backend=backend, seed=5)
+    b = kmeans(x, 10, backend=backend, seed=5)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.centroids, b.centroids)
     assert a.inertia == b.inertia
-    c = kmeans(x, 10, backend="torch", seed=6)
+    c = kmeans(x, 10, backend=backend, seed=6)
     assert not np.array_equal(a.centroids, c.centroids)
 
 

@@ -261,8 +261,8 @@ def check_root(dataset: str, root: str | os.PathLike | None, expected: str) -> P
     """Return ``root`` as an existing path, or raise a :class:`DatasetError` naming what was expected."""
     if root is None or str(root) == "":
         raise DatasetError(
-            f"dataset '{dataset}' needs a root folder (data.root in the recipe, or --root), and none "
-            f"was given. Expected: {expected}"
+            f"dataset '{dataset}' needs a root path (the recipe's data.root), and none was "
+            f"given. Expected: {expected}"
         )
     path = Path(os.path.expanduser(str(root)))
     if not path.exists():

@@ -254,6 +254,8 @@ class Run:
         ctx = self.build()
         r = self.recipe
         resumed = self.restore(ctx) if resume else False
+        if resumed and ctx.epoch < r.run.epochs:
+            ctx.phase = "train"  # resuming with a larger run.epochs extends training
         if resume and not resumed:
             ctx.print(f"[yellow]no checkpoint in {self.out_dir}; starting from scratch[/yellow]")
         if ctx.is_main and self.out_dir is not None:

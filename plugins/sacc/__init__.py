@@ -1,1 +1,101 @@
-"""clustkit plugin 'sacc' (work in progress)."""
+"""SACC: Strongly Augmented Contrastive Clustering (Deng et al., Pattern Recognition 2023).
+
+CC with a third, strongly augmented view: two weak views (CC's pipeline) and one strong view
+(fixed colour jitter, blur, flip, then 5 RandAugment ops), all through the same network.
+Instance contrast runs on weak-weak and weak-strong pairs, cluster contrast on all three
+pairs, L = L_ins + sigma * L_clu (methods.md §2). The pair sets are recipe keys; the defaults
+follow the authors' ``train.py``. See docs/plugins/sacc.md for every decision.
+
+This module holds only pydantic configs and the registration; the components (torch) are in
+``clustkit_sacc.components`` and ``clustkit_sacc.randaugment``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from clustkit import hookimpl
+from clustkit.registry import ComponentConfig, LossConfig, Registry
+
+__version__ = "0.1.0"
+F = "clustkit_sacc.components:"
+Pair = tuple[str, str]
+
+#: FixMatch-style RandAugment pool used by SACC's strong view (methods.md §2.2).
+OP_NAMES = ("AutoContrast", "Brightness", "Color", "Contrast", "Equalize", "Identity", "Posterize", "Rotate",
+            "Sharpness", "ShearX", "ShearY", "Solarize", "TranslateX", "TranslateY")
+OpName = Literal["AutoContrast", "Brightness", "Color", "Contrast", "Equalize", "Identity", "Posterize", "Rotate",
+                 "Sharpness", "ShearX", "ShearY", "Solarize", "TranslateX", "TranslateY"]
+
+# train.py: instance (i, j) + (j, s); cluster (i, j) + (i, s) + (j, s)
+TRAIN_PY_INSTANCE_PAIRS: list[Pair] = [("weak1", "weak2"), ("weak2", "strong")]
+TRAIN_PY_CLUSTER_PAIRS: list[Pair] = [("weak1", "weak2"), ("weak1", "strong"), ("weak2", "strong")]
+
+
+class AffineConfig(BaseModel):
+    """Parameters of core's batched ``TensorAffine`` (used when weak or strong_base = "tensor_affine")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    degrees: float = Field(15.0, ge=0)
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = Field(0.1, ge=0, le=0.5)
+    shear: float = Field(10.0, ge=0)
+    erase_p: float = Field(0.5, ge=0, le=1)
+    erase_area: tuple[float, float] = (0.05, 0.2)
+    noise_std: float = Field(0.05, ge=0)
+
+
+class SACCViewsConfig(ComponentConfig):
+    weak: Literal["cc_weak", "tensor_affine"] = Field(
+        "cc_weak", description="weak views: CC's per-image pipeline (paper) or core's batched TensorAffine (tiny images)")
+    strong_base: Literal["sacc", "tensor_affine"] | None = Field(
+        None, description="geometry/colour before RandAugment: SACC's crop+jitter+grey+blur+flip, or TensorAffine; "
+                          "default: 'sacc' with weak='cc_weak', 'tensor_affine' with weak='tensor_affine'")
+    weak_names: list[str] = Field(default_factory=lambda: ["weak1", "weak2"])
+    strong_names: list[str] = Field(default_factory=lambda: ["strong"])
+    size: int | None = Field(None, ge=4, description="crop size; default: the dataset's image size")
+    strength: float = Field(0.5, ge=0, description="weak colour-jitter s: 0.5 CIFAR/Tiny-ImageNet, 1.0 otherwise")
+    blur: bool = Field(False, description="Gaussian blur p=0.5 in the weak views (ImageNet-10/Dogs)")
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    strong_jitter: tuple[float, float, float, float] = Field(
+        (0.4, 0.4, 0.4, 0.1), description="strong view ColorJitter (fixed in SACC), applied with p=0.8")
+    strong_blur: bool = Field(True, description="strong view Gaussian blur, sigma~U(0.1, 2), p=0.5")
+    n_ops: int = Field(5, ge=0, description="RandAugment ops per image, drawn with replacement")
+    max_magnitude: int = Field(9, ge=1, le=10, description="magnitude v ~ randint(1, max_magnitude)")
+    op_p: float = Field(0.5, ge=0, le=1, description="probability that each drawn op is applied")
+    ops: list[OpName] = Field(default_factory=lambda: list(OP_NAMES), min_length=1,
+                              description="the op pool; Color is dropped for 1-channel images")
+    normalize: Literal["none", "strong", "all"] = Field(
+        "none", description="ImageNet mean/std: 'none' (default), 'strong' (the reference's asymmetry), "
+                            "'all' (every view and the evaluation view)")
+    affine: AffineConfig = Field(default_factory=AffineConfig)
+
+
+class SACCInstanceConfig(LossConfig):
+    head: str = "instance"
+    pairs: list[Pair] = Field(default_factory=lambda: list(TRAIN_PY_INSTANCE_PAIRS), min_length=1,
+                              description="view pairs; default train.py: (weak1, weak2) + (weak2, strong)")
+    temperature: float = Field(0.5, gt=0)
+
+
+class SACCClusterConfig(LossConfig):
+    """``weight`` is SACC's sigma (1; 0.5 for CIFAR-100)."""
+
+    head: str = "cluster"
+    pairs: list[Pair] = Field(default_factory=lambda: list(TRAIN_PY_CLUSTER_PAIRS), min_length=1,
+                              description="view pairs; default train.py: all three pairs")
+    temperature: float = Field(1.0, gt=0)
+    entropy_weight: float = Field(1.0, ge=0, description="weight of log K - H(p) per view of each pair")
+
+
+@hookimpl
+def register_components(registry: Registry) -> None:
+    registry.add("views", "sacc", F + "SACCViews", SACCViewsConfig,
+                 doc="two weak views + one strong view (jitter, blur, flip, 5 RandAugment ops)")
+    registry.add("loss", "sacc_instance", F + "SACCInstance", SACCInstanceConfig,
+                 doc="NT-Xent summed over weak-weak and weak-strong pairs (tau 0.5)")
+    registry.add("loss", "sacc_cluster", F + "SACCCluster", SACCClusterConfig,
+                 doc="cluster contrast + entropy summed over all view pairs (tau 1.0); weight = sigma")

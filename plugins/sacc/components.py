@@ -1,0 +1,139 @@
+"""SACC's components (imported only when a recipe builds them)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from clustkit import hookimpl
+from clustkit.augment import TensorAffine, normalize_batch, per_image, weak_pipeline
+from clustkit.engine.context import RunContext
+from clustkit.engine.outputs import StepOutputs
+from clustkit.errors import RecipeError
+from clustkit.losses import cluster_contrast, nt_xent
+
+from .randaugment import RandAugment
+
+
+def strong_base_pipeline(size: int, channels: int, jitter: tuple[float, float, float, float], blur: bool,
+                         crop_scale: tuple[float, float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """SACC's strong view before RandAugment: RandomResizedCrop, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8,
+    grayscale p=0.2, Gaussian blur sigma~U(0.1, 2) p=0.5, horizontal flip (in the reference's order).
+    Colour ops are skipped for 1-channel images."""
+    from torchvision.transforms import v2
+
+    ops: list[Callable[..., torch.Tensor]] = [v2.RandomResizedCrop(size, scale=crop_scale, antialias=True)]
+    if channels == 3:
+        ops += [v2.RandomApply([v2.ColorJitter(*jitter)], p=0.8), v2.RandomGrayscale(p=0.2)]
+    if blur:
+        # PIL's GaussianBlur(radius=sigma) is not truncated by a kernel size: cover +-3 sigma_max
+        kernel = min(13, size - 1 if size % 2 == 0 else size)
+        if kernel >= 3:
+            ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
+    ops.append(v2.RandomHorizontalFlip())
+    return v2.Compose(ops)
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+class SACCViews:
+    """Weak views (``weak_names``) and strong views (``strong_names``); evaluation view: the image."""
+
+    def __init__(self, cfg: Any, ctx: RunContext):
+        overlap = set(cfg.weak_names) & set(cfg.strong_names)
+        if overlap or len(set(cfg.weak_names)) != len(cfg.weak_names) or len(set(cfg.strong_names)) != len(cfg.strong_names):
+            raise RecipeError(ctx.recipe.path, ctx.current_key, f"view names must be unique, got weak_names="
+                              f"{cfg.weak_names} and strong_names={cfg.strong_names}.")
+        self.cfg = cfg
+        self.size = cfg.size or ctx.image_size[0]
+        channels = ctx.in_channels
+        self.weak_names = list(cfg.weak_names)
+        self.strong_names = list(cfg.strong_names)
+        self.affine = TensorAffine(**cfg.affine.model_dump())
+        self.weak_kind = cfg.weak
+        self.weak = weak_pipeline(self.size, channels, cfg.strength, cfg.blur, tuple(cfg.crop_scale), False) \
+            if cfg.weak == "cc_weak" else None
+        self.base_kind = cfg.strong_base or ("sacc" if cfg.weak == "cc_weak" else "tensor_affine")
+        self.strong_base = strong_base_pipeline(self.size, channels, tuple(cfg.strong_jitter), cfg.strong_blur,
+                                                tuple(cfg.crop_scale)) if self.base_kind == "sacc" else None
+        self.randaugment = RandAugment(cfg.ops, cfg.n_ops, cfg.max_magnitude, cfg.op_p, channels)
+        self.normalize = cfg.normalize
+
+    @property
+    def view_names(self) -> list[str]:
+        return self.weak_names + self.strong_names
+
+    def weak_view(self, images: torch.Tensor) -> torch.Tensor:
+        if self.weak is not None:
+            return per_image(self.weak, images)
+        return self.affine(_resize(images, self.size))
+
+    def strong_view(self, images: torch.Tensor) -> torch.Tensor:
+        x = per_image(self.strong_base, images) if self.strong_base is not None else self.affine(_resize(images, self.size))
+        return self.randaugment(x)
+
+    @hookimpl
+    def make_views(self, images: torch.Tensor, train: bool, ctx: RunContext) -> dict[str, torch.Tensor]:
+        if not train:
+            x = _resize(images, self.size)
+            return {"eval": normalize_batch(x) if self.normalize == "all" else x}
+        views = {name: self.weak_view(images) for name in self.weak_names}
+        views.update({name: self.strong_view(images) for name in self.strong_names})
+        if self.normalize != "none":
+            for name in (self.view_names if self.normalize == "all" else self.strong_names):
+                views[name] = normalize_batch(views[name])
+        return views
+
+
+def check_pairs(pairs: list[tuple[str, str]], ctx: RunContext, key: str) -> None:
+    """Fail at build time when a pair names a view the recipe's view generator does not make."""
+    views = ctx.components.get("views")
+    names = getattr(views, "view_names", None) or getattr(views, "names", None)
+    if not names:
+        return
+    for i, (a, b) in enumerate(pairs):
+        for v in (a, b):
+            if v not in names:
+                raise RecipeError(ctx.recipe.path, f"{key}.pairs[{i}]", f"names view {v!r}, which the view generator "
+                                  f"({ctx.recipe.views.name!r}) does not produce.", list(names))
+        if a == b:
+            raise RecipeError(ctx.recipe.path, f"{key}.pairs[{i}]", f"pairs a view with itself ({a!r}).")
+
+
+class _PairLoss:
+    """A loss summed over the recipe's view pairs, weighted, named after its recipe key."""
+
+    def __init__(self, cfg: Any, ctx: RunContext):
+        self.cfg = cfg
+        self.pairs = [tuple(p) for p in cfg.pairs]
+        self.term = ctx.current_key.split(".")[-1] or cfg.name
+        check_pairs(self.pairs, ctx, ctx.current_key)
+
+    def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @hookimpl
+    def compute_loss(self, out: StepOutputs, ctx: RunContext) -> dict[str, torch.Tensor]:
+        h = self.cfg.head
+        total = sum(self.pair_loss(out.head(u, h), out.head(v, h)) for u, v in self.pairs)
+        return {self.term: self.cfg.weight * total}
+
+
+class SACCInstance(_PairLoss):
+    """L_ins = sum over pairs of NT-Xent (tau_I = 0.5); default pairs (weak1, weak2) + (weak2, strong)."""
+
+    def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return nt_xent(a, b, self.cfg.temperature)
+
+
+class SACCCluster(_PairLoss):
+    """sigma * L_clu = sigma * sum over pairs of [cluster contrast (tau_C = 1.0) + log K - H(p) of both views]."""
+
+    def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return cluster_contrast(a, b, self.cfg.temperature, self.cfg.entropy_weight)

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny recipes and an isolated plugin set per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CLUSTKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Tests never pick up plugins installed in the developer's environment beyond this repo's.
+os.environ.setdefault("CLUSTKIT_LOAD_PLUGINS", "builtin,cc,sacc,dchl,digpro,iciclegcn")
+
+TINY_CC = """
+[run]
+name = "tiny"
+seed = 0
+epochs = 2
+batch_size = 64
+eval_batch_size = 512
+checkpoint_every = 1
+
+[data]
+name = "digits"
+
+[backbone]
+name = "small_cnn"
+width = 8
+out_dim = 32
+
+[heads.instance]
+name = "cc_instance"
+hidden = 32
+out_dim = 16
+
+[heads.cluster]
+name = "cc_cluster"
+hidden = 32
+
+[views]
+name = "tensor_affine"
+
+[losses.instance]
+name = "instance_contrast"
+
+[losses.cluster]
+name = "cluster_contrast"
+
+[optimizer]
+name = "adam"
+lr = 1e-3
+
+[evaluation]
+name = "head_argmax"
+head = "cluster"
+"""
+
+
+def clustkit_exe() -> str:
+    exe = shutil.which("clustkit") or str(Path(sys.executable).parent / "clustkit")
+    return exe
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_CC)
+    return path
+
+
+@pytest.fixture
+def plugin_set() -> Callable[..., Any]:
+    """A fresh PluginSet with this repo's plugins plus any extra test plugin objects."""
+    from clustkit.plugins import PluginSet
+
+    def make(*extra: tuple[str, Any]) -> PluginSet:
+        ps = PluginSet()
+        ps.load_entry_points()
+        for name, obj in extra:
+            ps.register(obj, name=name)
+        return ps
+
+    return make
+
+
+def run_recipe(path: Path, plugins: Any, out: Path | None, overrides: list[str] | None = None,
+               resume: bool = False) -> dict[str, Any]:
+    from clustkit.engine.runner import Run
+    from clustkit.recipe import load
+
+    recipe = load(path, plugins.registry, overrides or [])
+    return Run(recipe, plugins, out).execute(resume=resume)

@@ -1,0 +1,88 @@
+"""`clustkit check` as a user calls it: malformed recipes exit 2 with the key named, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_CC, clustkit_exe
+
+
+def check(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([clustkit_exe(), "check", str(path), *extra], capture_output=True, text=True, timeout=120)
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+# (case id, recipe text transformation, extra CLI args, key that must be named, word of the allowed values)
+CASES = [
+    ("unknown-top-section", lambda t: t + "\n[trainer]\nx = 1\n", [], "trainer", "optimizer"),
+    ("unknown-run-key", lambda t: edit(t, "epochs = 2", "epochs = 2\nepochz = 3"), [], "run.epochz", "epochs"),
+    ("wrong-type", lambda t: edit(t, "epochs = 2", 'epochs = "two"'), [], "run.epochs", None),
+    ("negative-epochs", lambda t: edit(t, "epochs = 2", "epochs = -1"), [], "run.epochs", None),
+    ("tiny-batch", lambda t: edit(t, "batch_size = 64", "batch_size = 1"), [], "run.batch_size", None),
+    ("unknown-dataset", lambda t: edit(t, 'name = "digits"', 'name = "digitz"'), [], "data.name", "mnist"),
+    ("missing-data", lambda t: edit(t, '[data]\nname = "digits"\n', ""), [], "data", "digits"),
+    ("unknown-backbone", lambda t: edit(t, 'name = "small_cnn"', 'name = "resnet99"'), [], "backbone.name", "timm"),
+    ("unknown-backbone-key", lambda t: edit(t, "width = 8", "widht = 8"), [], "backbone.widht", "width"),
+    ("bad-resnet-depth", lambda t: edit(t, 'name = "small_cnn"\nwidth = 8\nout_dim = 32', 'name = "resnet"\ndepth = 19'),
+     [], "backbone.depth", None),
+    ("unknown-loss", lambda t: edit(t, 'name = "instance_contrast"', 'name = "instance_contrastive"'), [],
+     "losses.instance.name", "cluster_contrast"),
+    ("bad-temperature", lambda t: edit(t, 'name = "instance_contrast"', 'name = "instance_contrast"\ntemperature = 0'),
+     [], "losses.instance.temperature", None),
+    ("loss-names-missing-head", lambda t: edit(t, 'name = "instance_contrast"', 'name = "instance_contrast"\nhead = "proj"'),
+     [], "losses.instance.head", "cluster"),
+    ("unknown-optimizer", lambda t: edit(t, 'name = "adam"', 'name = "lamb"'), [], "optimizer.name", "sgd"),
+    ("unknown-evaluator", lambda t: edit(t, 'name = "head_argmax"', 'name = "argmax"'), [], "evaluation.name", "kmeans"),
+    ("bad-device", lambda t: edit(t, "seed = 0", 'seed = 0\ndevice = "tpu"'), [], "run.device", None),
+    ("heads-not-tables", lambda t: t.replace('[heads.cluster]\nname = "cc_cluster"\nhidden = 32\n', "") + "\n[heads]\nfoo = 3\n",
+     [], "heads", None),
+    ("invalid-toml", lambda t: t + "\n[run\n", [], None, None),
+    ("bad-set-key", lambda t: t, ["--set", "optimizer.lrr=0.1"], "optimizer.lrr", "lr"),
+    ("bad-set-syntax", lambda t: t, ["--set", "optimizer.lr"], "optimizer.lr", None),
+    ("set-into-value", lambda t: t, ["--set", "run.seed.x=1"], "run.seed", None),
+    ("required-plugin-missing", lambda t: edit(t, "seed = 0", 'seed = 0\nplugins = ["scan"]'), [], "run.plugins[0]", "cc"),
+]
+
+
+@pytest.mark.parametrize("case,transform,extra,key,allowed", CASES, ids=[c[0] for c in CASES])
+def test_check_rejects_malformed_recipe(tmp_path: Path, case: str, transform, extra: list[str], key: str | None,
+                                        allowed: str | None) -> None:
+    path = tmp_path / f"{case}.toml"
+    path.write_text(transform(TINY_CC))
+    result = check(path, *extra)
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert str(path.name) in message
+    if key is not None:
+        assert f"'{key}'" in message, message
+    if allowed is not None:
+        assert "Allowed values" in message and allowed in message, message
+
+
+def test_check_accepts_valid_recipe_and_set(tiny_recipe: Path) -> None:
+    result = check(tiny_recipe, "--set", "optimizer.lr=0.01", "--show")
+    assert result.returncode == 0, result.stderr
+    assert "lr = 0.01" in result.stdout
+    assert "ok" in result.stdout
+
+
+def test_missing_file_is_a_clean_error(tmp_path: Path) -> None:
+    result = check(tmp_path / "nope.toml")
+    assert result.returncode == 2 and "file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").rglob("*.toml")))
+def test_every_shipped_recipe_validates(recipe: str, plugin_set) -> None:
+    from clustkit.recipe import load
+
+    ps = plugin_set()
+    loaded = load(REPO / recipe, ps.registry, installed_plugins=list(ps.info))
+    assert loaded.components

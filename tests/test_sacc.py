@@ -1,0 +1,264 @@
+"""SACC plugin: the strong augmentation (deterministic, changes images, batched == per image),
+the view generator, pair sets, losses against naive loops (methods.md §2.3), zero weights,
+the view grid and a tiny run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from clustkit.errors import RecipeError
+from clustkit_sacc import (OP_NAMES, TRAIN_PY_CLUSTER_PAIRS, TRAIN_PY_INSTANCE_PAIRS, SACCClusterConfig,
+                           SACCInstanceConfig, SACCViewsConfig)
+from clustkit_sacc import components as C
+from clustkit_sacc.randaugment import RandAugment, apply_op
+from conftest import REPO, run_recipe
+
+D = torch.float64
+
+
+def digits(n: int = 16) -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    return torch.tensor(load_digits().images[:n], dtype=torch.float32)[:, None] / 16.0
+
+
+def rgb(n: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, size // 4, size // 4, generator=g)
+    return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def views_ctx(channels: int = 1, size: int = 8):
+    recipe = SimpleNamespace(path="t.toml", views=SimpleNamespace(name="sacc"))
+    return SimpleNamespace(current_key="views", recipe=recipe, in_channels=channels, image_size=(size, size),
+                           components={})
+
+
+# ----------------------------------------------------------------------------- RandAugment
+
+
+def test_strong_augmentation_is_deterministic_under_a_seed_and_changes_images():
+    x = digits()
+    gen = C.SACCViews(SACCViewsConfig(name="sacc", weak="tensor_affine"), views_ctx())
+    torch.manual_seed(3)
+    a = gen.make_views(x, True, None)
+    torch.manual_seed(3)
+    b = gen.make_views(x, True, None)
+    torch.manual_seed(4)
+    c = gen.make_views(x, True, None)
+    for name in ("weak1", "weak2", "strong"):
+        assert torch.equal(a[name], b[name])
+        assert not torch.equal(a[name], c[name])
+        assert a[name].shape == x.shape and a[name].min() >= 0 and a[name].max() <= 1
+    assert (a["strong"] - x).abs().mean() > 0.05
+    ra = RandAugment(OP_NAMES, channels=1)
+    torch.manual_seed(0)
+    s1 = ra(x)
+    torch.manual_seed(0)
+    assert torch.equal(ra(x), s1) and not torch.equal(s1, x)
+
+
+def test_randaugment_rgb_pipeline_is_deterministic():
+    x = rgb()
+    gen = C.SACCViews(SACCViewsConfig(name="sacc"), views_ctx(3, 32))
+    torch.manual_seed(1)
+    a = gen.make_views(x, True, None)
+    torch.manual_seed(1)
+    b = gen.make_views(x, True, None)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["strong"], a["weak1"])
+
+
+def test_batched_randaugment_equals_a_per_image_loop():
+    x = rgb(n=24, size=16, seed=1)
+    ra = RandAugment(OP_NAMES, n_ops=5, max_magnitude=9, p=0.5, channels=3)
+    torch.manual_seed(0)
+    d = ra.sample(x.shape[0])
+    batched = ra(x, d)
+    for i in range(x.shape[0]):
+        img = x[i:i + 1]
+        for s in range(ra.n_ops):
+            if d["apply"][i, s]:
+                sign = 1 if d["sign"][i, s] else -1
+                img = apply_op(ra.ops[int(d["op"][i, s])], img, int(d["mag"][i, s]), sign)
+        assert torch.allclose(batched[i:i + 1], img, atol=1e-5), i
+
+
+def test_randaugment_draws_follow_the_sacc_settings():
+    ra = RandAugment(OP_NAMES, n_ops=5, max_magnitude=9, p=0.5, channels=3)
+    torch.manual_seed(0)
+    d = ra.sample(4000)
+    assert d["op"].shape == (4000, 5)
+    assert set(d["mag"].unique().tolist()) == set(range(1, 10))
+    assert set(d["op"].unique().tolist()) == set(range(14))  # drawn with replacement from 14
+    assert abs(d["apply"].float().mean().item() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_each_op_keeps_range_and_changes_an_image(op):
+    x = rgb(n=2, size=32, seed=2)
+    y = apply_op(op, x, 9, 1)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    if op == "Identity":
+        assert torch.equal(y, x)
+    else:
+        assert not torch.allclose(y, x), op
+
+
+def test_op_parameters_follow_the_table():
+    from clustkit_sacc.randaugment import op_args
+
+    assert op_args("Brightness", 1, 1, 8, 8) == (0.9 * 1 / 10 + 0.05,)
+    assert op_args("Posterize", 9, 1, 8, 8) == (7,) and op_args("Posterize", 1, 1, 8, 8) == (4,)
+    assert op_args("Solarize", 1, 1, 8, 8) == (231 / 255,) and op_args("Solarize", 9, 1, 8, 8) == (26 / 255,)
+    assert op_args("Rotate", 9, -1, 8, 8) == (-27.0,)
+    assert op_args("ShearX", 5, 1, 8, 8)[0][0] == pytest.approx(math.degrees(math.atan(0.15)))
+    assert op_args("TranslateY", 9, 1, 100, 50) == ([0, 27],) and op_args("TranslateX", 1, 1, 8, 8) is None
+
+
+def test_colour_ops_needing_three_channels_are_skipped_for_grey_images():
+    assert "Color" not in RandAugment(OP_NAMES, channels=1).ops
+    assert "Color" in RandAugment(OP_NAMES, channels=3).ops
+
+
+def test_normalisation_modes():
+    x = rgb(n=4, size=32)
+    for mode, normalised in (("none", set()), ("strong", {"strong"}), ("all", {"weak1", "weak2", "strong", "eval"})):
+        gen = C.SACCViews(SACCViewsConfig(name="sacc", normalize=mode), views_ctx(3, 32))
+        v = gen.make_views(x, True, None) | gen.make_views(x, False, None)
+        for name, t in v.items():
+            assert (t.min() < 0) == (name in normalised), (mode, name)
+    assert torch.equal(C.SACCViews(SACCViewsConfig(name="sacc"), views_ctx(3, 32)).make_views(x, False, None)["eval"], x)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def naive_nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    z = [v / torch.sqrt(sum(x * x for x in v)) for v in list(a) + list(b)]
+    n = a.shape[0]
+    total = 0
+    for i in range(2 * n):
+        pos = (i + n) % (2 * n)
+        sims = {j: sum(z[i][t] * z[j][t] for t in range(len(z[i]))) / tau for j in range(2 * n) if j != i}
+        total = total - torch.log(torch.exp(sims[pos]) / sum(torch.exp(s) for s in sims.values()))
+    return total / (2 * n)
+
+
+def naive_cluster(p_a: torch.Tensor, p_b: torch.Tensor, tau: float, ew: float) -> torch.Tensor:
+    k = p_a.shape[1]
+    cols = [p_a[:, j] for j in range(k)] + [p_b[:, j] for j in range(k)]
+    total = 0
+    for i in range(2 * k):
+        pos = (i + k) % (2 * k)
+        sims = {j: (cols[i] @ cols[j]) / (torch.sqrt(cols[i] @ cols[i]) * torch.sqrt(cols[j] @ cols[j])) / tau
+                for j in range(2 * k) if j != i}
+        total = total - torch.log(torch.exp(sims[pos]) / sum(torch.exp(s) for s in sims.values()))
+    ent = 0
+    for p in (p_a, p_b):
+        m = [p[:, j].sum() / p.sum() for j in range(k)]
+        ent = ent + math.log(k) + sum(v * torch.log(v) for v in m)
+    return total / (2 * k) + ew * ent
+
+
+class FakeOut:
+    def __init__(self, heads):
+        self.heads, self.extras = heads, {}
+
+    def head(self, view, name):
+        return self.heads[(view, name)]
+
+
+def loss_ctx(key: str, views=("weak1", "weak2", "strong")):
+    recipe = SimpleNamespace(path="t.toml", views=SimpleNamespace(name="sacc"))
+    return SimpleNamespace(current_key=key, recipe=recipe, components={"views": SimpleNamespace(view_names=list(views))})
+
+
+def three_views(n: int = 8, k: int = 3, d: int = 5):
+    h = {}
+    for i, v in enumerate(("weak1", "weak2", "strong")):
+        g = torch.Generator().manual_seed(i)
+        h[(v, "instance")] = torch.randn(n, d, generator=g, dtype=D).requires_grad_(True)
+        h[(v, "cluster")] = torch.softmax(torch.randn(n, k, generator=g, dtype=D), 1).detach().requires_grad_(True)
+    return h
+
+
+def check(value, ref, inputs):
+    assert torch.allclose(value, ref, atol=1e-10)
+    for ga, gb in zip(torch.autograd.grad(value, inputs), torch.autograd.grad(ref, inputs)):
+        assert torch.allclose(ga, gb, atol=1e-10)
+
+
+def test_default_pairs_follow_train_py():
+    assert SACCInstanceConfig(name="sacc_instance").pairs == [("weak1", "weak2"), ("weak2", "strong")]
+    assert SACCClusterConfig(name="sacc_cluster").pairs == [("weak1", "weak2"), ("weak1", "strong"),
+                                                            ("weak2", "strong")]
+    assert TRAIN_PY_INSTANCE_PAIRS != TRAIN_PY_CLUSTER_PAIRS
+
+
+@pytest.mark.parametrize("pairs", [None, [("weak1", "weak2"), ("weak1", "strong")]])  # train.py / train_STL10.py
+def test_losses_match_naive_loops_over_the_pair_set(pairs):
+    h = three_views()
+    extra = {} if pairs is None else {"pairs": pairs}
+    inst = C.SACCInstance(SACCInstanceConfig(name="sacc_instance", **extra), loss_ctx("losses.instance"))
+    clu = C.SACCCluster(SACCClusterConfig(name="sacc_cluster", weight=0.5, **extra), loss_ctx("losses.cluster"))
+    ins_pairs = pairs or TRAIN_PY_INSTANCE_PAIRS
+    clu_pairs = pairs or TRAIN_PY_CLUSTER_PAIRS
+    views = ("weak1", "weak2", "strong")
+    value = inst.compute_loss(FakeOut(h), None)["instance"]
+    ref = sum(naive_nt_xent(h[(u, "instance")], h[(v, "instance")], 0.5) for u, v in ins_pairs)
+    check(value, ref, [h[(v, "instance")] for v in views])
+    value = clu.compute_loss(FakeOut(h), None)["cluster"]
+    ref = 0.5 * sum(naive_cluster(h[(u, "cluster")], h[(v, "cluster")], 1.0, 1.0) for u, v in clu_pairs)
+    check(value, ref, [h[(v, "cluster")] for v in views])
+
+
+def test_pairs_must_name_produced_views():
+    with pytest.raises(RecipeError, match=r"losses.instance.pairs\[1\].*'strong2'"):
+        C.SACCInstance(SACCInstanceConfig(name="sacc_instance", pairs=[("weak1", "weak2"), ("weak1", "strong2")]),
+                       loss_ctx("losses.instance"))
+    with pytest.raises(RecipeError, match="itself"):
+        C.SACCInstance(SACCInstanceConfig(name="sacc_instance", pairs=[("weak1", "weak1")]), loss_ctx("losses.i"))
+
+
+# ----------------------------------------------------------------------------- through the engine
+
+
+def test_recipe_pairs_and_zero_weight(plugin_set):
+    from clustkit.engine.runner import Run
+    from clustkit.recipe import load
+
+    ps = plugin_set()
+    path = REPO / "recipes" / "sacc.toml"
+    ctx = Run(load(path, ps.registry, ["backbone.width=8", 'losses.instance.pairs=[["weak1", "strong"]]']),
+              ps, None).build()
+    assert ctx.components["losses.instance"].pairs == [("weak1", "strong")]
+    assert ctx.components["views"].view_names == ["weak1", "weak2", "strong"]
+    ctx = Run(load(path, ps.registry, ["backbone.width=8", "losses.cluster.weight=0"]), ps, None).build()
+    assert "losses.cluster" not in ctx.components and "losses.instance" in ctx.components
+    bad = load(path, ps.registry, ['losses.cluster.pairs=[["weak1", "strong9"]]'])
+    with pytest.raises(RecipeError, match=r"losses.cluster.pairs\[0\]"):
+        Run(bad, ps, None).build()
+
+
+def test_tiny_sacc_run_end_to_end(plugin_set, tmp_path: Path):
+    summary = run_recipe(REPO / "recipes" / "sacc.toml", plugin_set(), tmp_path / "run", [
+        "run.epochs=1", "run.batch_size=128", "run.eval_every=0", "backbone.width=8", "backbone.out_dim=32",
+        "heads.instance.hidden=[32]", "heads.cluster.hidden=[32]", "losses.cluster.weight=0.5"])
+    assert summary["epochs"] == 1 and 0 <= summary["acc"] <= 1
+    assert '"cluster"' in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_view_grid_png(tmp_path: Path):
+    from clustkit.viewgrid import save_view_grid, view_rows
+
+    rows = view_rows(str(REPO / "recipes" / "sacc.toml"), ["backbone.width=8"], n_images=4)
+    assert list(rows) == ["original", "weak1", "weak2", "strong"]
+    assert all(r.shape == (4, 1, 8, 8) for r in rows.values())
+    path = save_view_grid(str(REPO / "recipes" / "sacc.toml"), ["backbone.width=8"], str(tmp_path / "g.png"), 4)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
