@@ -179,21 +179,31 @@ class Executor:
                 self._in_process(t, log, resume)
             else:
                 self._subprocess(t, log)
+        except KeyboardInterrupt:
+            t.status = "pending"
+            if self.in_process:
+                raise
+            return t
         except Exception as exc:  # never lose the other runs to one run's problem
             t.status, t.error = "failed", f"{type(exc).__name__}: {exc}"
             return t
         t.resources = _read_json(t.dir / RESOURCES)
         t.summary = _read_json(t.dir / SUMMARY) if t.status != "failed" else None
-        if t.status != "failed":
+        if self.stopping and t.summary is None:  # stopped by Ctrl-C: not a failure, the next invocation resumes it
+            t.status, t.error = "pending", None
+        elif t.status != "failed":
             t.status = "resumed" if resume else "done"
         return t
 
     def _subprocess(self, t: RunTask, log: Path) -> None:
+        if self.stopping:
+            raise KeyboardInterrupt
         argv = [sys.executable, "-c", _CHILD, str(t.dir / RESOURCES), *t.command[1:]]
         with log.open("ab") as fh:
             with self.lock:
                 if self.stopping:
-                    raise RuntimeError("interrupted before it started")
+                    t.status = "pending"
+                    return
                 proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=_child_env(self.threads))
                 self.procs.add(proc)
             try:
@@ -414,7 +424,7 @@ def _table(meta: dict[str, Any], cells: list[dict[str, Any]]) -> Any:
 
 def bench(
     source: Optional[Path] = typer.Argument(
-        None, help="Bench file (a TOML with a \\[bench] table) or a recipe. Omit it to continue the bench in --out."),
+        None, metavar="BENCH_OR_RECIPE", show_default=False, help="Bench file (a TOML with a \\[bench] table) or a recipe. Omit it to continue the bench in --out."),
     grid: list[str] = typer.Option(
         [], "--grid", "-g", help="An axis: --grid losses.cluster.weight=1,0 (repeatable, one axis each; values are TOML)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default: the bench file's, else 0,1,2)."),

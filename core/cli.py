@@ -139,6 +139,33 @@ def plugins(
         console.print(f"[red]failed to load[/red] {f['name']}: {f['error']}")
 
 
+@app.command()
+def views(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    out: Path = typer.Option(Path("views.png"), "--out", "-o", help="PNG file to write."),
+    n: int = typer.Option(8, "--n", min=1, help="Number of images."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+) -> None:
+    """Save a grid of the recipe's training views (row 1: the images, then one row per view)."""
+    try:
+        from clustkit.viewgrid import save_view_grid
+
+        path = save_view_grid(str(recipe), set_, str(out), n)
+    except UserError as exc:
+        fail(exc)
+        return
+    typer.echo(f"wrote {path}")
+
+
+def _register_bench() -> None:
+    from clustkit.bench import bench
+
+    app.command()(bench)
+
+
+_register_bench()
+
+
 @app.callback(invoke_without_command=True)
 def _main(version: bool = typer.Option(False, "--version", help="Show the version and exit.")) -> None:
     if version:

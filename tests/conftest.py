@@ -13,6 +13,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CLUSTKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
+# Two test workers share two cores: one thread each (subprocesses inherit the variable).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
 # Tests never pick up plugins installed in the developer's environment beyond this repo's.
 os.environ.setdefault("CLUSTKIT_LOAD_PLUGINS", "builtin,cc,sacc,dchl,digpro,iciclegcn")
 

@@ -1,0 +1,30 @@
+"""Example clustkit plugin: registers one loss component, ``align_uniform``.
+
+Keep this module light (pydantic only): clustkit imports it to list plugins and validate
+recipes; the torch code lives in ``clustkit_example.loss`` and is imported only when a run
+builds the component.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from clustkit import hookimpl
+from clustkit.registry import LossConfig, Registry
+
+
+class AlignUniformConfig(LossConfig):
+    """Recipe keys of ``[losses.<id>] name = "align_uniform"``; unknown keys are rejected."""
+
+    head: str = Field("instance", description="an L2-normalised head")
+    view_a: str = "weak1"
+    view_b: str = "weak2"
+    alpha: float = Field(2.0, gt=0, description="exponent of the alignment distance")
+    t: float = Field(2.0, gt=0, description="uniformity temperature")
+    uniformity_weight: float = Field(1.0, ge=0)
+
+
+@hookimpl
+def register_components(registry: Registry) -> None:
+    registry.add("loss", "align_uniform", "clustkit_example.loss:AlignUniform", AlignUniformConfig,
+                 doc="alignment + uniformity on the hypersphere (Wang & Isola 2020)")
