@@ -52,12 +52,15 @@ def run_sklearn(x: np.ndarray, k: int, max_iter: int, seed: int) -> tuple[float,
     return float(km.inertia_), int(km.n_iter_)
 
 
+LABELS = {"faiss": "clustkit faiss", "torch": "clustkit torch", "sklearn": "sklearn KMeans"}
+
+
 def methods() -> dict[str, Runner]:
     out: dict[str, Runner] = {}
     if faiss_available():
-        out["clustkit faiss"] = run_clustkit("faiss")
-    out["clustkit torch"] = run_clustkit("torch")
-    out["sklearn KMeans"] = run_sklearn
+        out["faiss"] = run_clustkit("faiss")
+    out["torch"] = run_clustkit("torch")
+    out["sklearn"] = run_sklearn
     return out
 
 
@@ -128,10 +131,12 @@ def main() -> None:
     ap.add_argument("--max-iter", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=300.0, help="skip a run predicted to exceed this")
+    ap.add_argument("--methods", default="faiss,torch,sklearn", help="subset of faiss,torch,sklearn")
     ap.add_argument("--out", help="write results as JSON here")
     args = ap.parse_args()
 
-    runners = methods()
+    wanted = args.methods.split(",")
+    runners = {name: run for name, run in methods().items() if name in wanted}
     warm = gaussian_mixture(2000, args.dim, args.k, seed=1)
     for run in runners.values():  # exclude one-off library start-up from the timings
         run(warm, args.k, 2, args.seed)
@@ -141,7 +146,7 @@ def main() -> None:
     for n in (int(s) for s in args.sizes.split(",")):
         x = gaussian_mixture(n, args.dim, args.k, args.seed)
         for name, run in runners.items():
-            row: dict[str, object] = {"n": n, "method": name}
+            row: dict[str, object] = {"n": n, "method": LABELS[name]}
             if name in last_time:
                 prev_n, prev_t = last_time[name]
                 predicted = prev_t * n / prev_n

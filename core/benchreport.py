@@ -219,4 +219,4 @@ def write_all(out: Path, meta: dict[str, Any], cells: list[dict[str, Any]], axes
     write_csv(out / "results.csv", cells, axes)
     write_runs_csv(out / "runs.csv", cells)
     atomic_write_text(out / "results.md", markdown(meta, cells))
-    plot(out / "results.png", f"bench {meta['name']}", cells)
+    plot(out / "results.png", f"bench {meta['name']}: mean ± std over seeds {', '.join(map(str, meta['seeds']))}", cells)

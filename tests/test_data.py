@@ -192,7 +192,6 @@ def test_real_cifar10_jpg_listing():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("CLUSTKIT_RUN_SLOW"), reason="decodes 60k JPEGs; set CLUSTKIT_RUN_SLOW=1")
 def test_real_cifar10_jpg_full(tmp_path):
     root = shared("cifar-10-jpg")
     ds = load_dataset("cifar10", root=root, cache_dir=tmp_path)
