@@ -27,7 +27,7 @@ TINY_DIGPRO = """
 name = "tiny_digpro"
 seed = 0
 epochs = 2
-batch_size = 64
+batch_size = 128
 eval_batch_size = 512
 checkpoint_every = 1
 
@@ -190,15 +190,21 @@ def naive_group_loss(pred, target, before, after, tau):
     return total / n
 
 
+def _groups_of(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=1).matmul(torch.nn.functional.normalize(groups, dim=1).t()).argmax(1)
+
+
 def test_group_loss_matches_naive_loop_value_and_gradient() -> None:
     g = _g(1)
     before = torch.randn(4, 6, generator=g, dtype=torch.float64)
     q = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
     pred = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
     target = torch.randn(10, 6, generator=g, dtype=torch.float64)
-    after, _ = group_momentum_update(before, q, 0.99)  # keeps the (1-β)·mean(q) gradient path
+    after, _ = group_momentum_update(before, q, 0.3)  # keeps the (1-β)·mean(q) gradient path
+    # a small β moves the groups enough that the target's group differs before/after the update
+    assert not torch.equal(_groups_of(target, before), _groups_of(target, after.detach()))
     loss = group_loss(pred, target, before, after, 0.1)
-    ref_after, _ = naive_group_update(before, q, 0.99)
+    ref_after, _ = naive_group_update(before, q, 0.3)
     ref = naive_group_loss(pred, target, before, ref_after, 0.1)
     assert torch.allclose(loss, ref, atol=1e-10)
     grads = torch.autograd.grad(loss, (pred, q))
@@ -306,7 +312,7 @@ def test_double_ema_step_in_update_prototypes(digpro_recipe: Path, plugin_set) -
     before = run_hook(step=4)  # next iteration n_iter = 5 is a reset iteration: no extra step
     for n, p in ctx.momentum_model.named_parameters():
         assert torch.equal(p, before[n]), n
-    assert group.filled == 256 and group.ptr == 0  # 2 views × 64 rows, twice: the 256-row bank wrapped
+    assert group.filled == 256 and group.ptr == 0  # 2 views × 128 rows fill the 256-row bank exactly
 
 
 def test_tiny_run_end_to_end_and_checkpoint_round_trip(digpro_recipe: Path, plugin_set, tmp_path: Path) -> None:

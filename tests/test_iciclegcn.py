@@ -1,0 +1,360 @@
+"""IcicleGCN plugin: equations against naive references, the view bug fix, a tiny end-to-end
+run and resuming a run killed in stage 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clustkit.engine.context import Network
+from clustkit.engine.outputs import StepOutputs
+from clustkit.losses import cluster_contrast
+from clustkit_iciclegcn import GCNRefinerConfig, ReconLossConfig
+from clustkit_iciclegcn.components import ClusterLoss, InstanceLoss, ReconLoss
+from clustkit_iciclegcn.modules import (GCNLayer, JCSlimAE, Trident, build_graphs, fuse, kl_to, student_t,
+                                        target_distribution)
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "iciclegcn.toml"
+
+# --------------------------------------------------------------------------- DEC equations
+
+Z = [[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [-1.0, -1.0]]
+MU = [[0.0, 0.5], [2.0, 1.0], [-1.0, 0.0]]
+
+
+def naive_student_t(z: list[list[float]], mu: list[list[float]], v: float) -> list[list[float]]:
+    out = []
+    for zi in z:
+        row = []
+        for mj in mu:
+            d2 = sum((a - b) ** 2 for a, b in zip(zi, mj))
+            row.append((1 + d2 / v) ** (-(v + 1) / 2))
+        s = sum(row)
+        out.append([r / s for r in row])
+    return out
+
+
+def naive_target(q: list[list[float]]) -> list[list[float]]:
+    f = [sum(q[i][j] for i in range(len(q))) for j in range(len(q[0]))]
+    out = []
+    for row in q:
+        w = [row[j] ** 2 / f[j] for j in range(len(row))]
+        s = sum(w)
+        out.append([x / s for x in w])
+    return out
+
+
+@pytest.mark.parametrize("v", [1.0, 2.5])
+def test_student_t_matches_loops(v: float) -> None:
+    q = student_t(torch.tensor(Z, dtype=torch.float64), torch.tensor(MU, dtype=torch.float64), v)
+    np.testing.assert_allclose(q.numpy(), naive_student_t(Z, MU, v), rtol=1e-12)
+    # hand check of one entry (v = 1): z0 = (0,0), centres at squared distances 0.25, 5, 1
+    if v == 1.0:
+        raw = [1 / 1.25, 1 / 6, 1 / 2]
+        assert q[0, 0].item() == pytest.approx(raw[0] / sum(raw))
+
+
+def test_target_distribution_matches_loops() -> None:
+    q = naive_student_t(Z, MU, 1.0)
+    p = target_distribution(torch.tensor(q, dtype=torch.float64))
+    np.testing.assert_allclose(p.numpy(), naive_target(q), rtol=1e-12)
+    assert torch.allclose(p.sum(1), torch.ones(5, dtype=torch.float64))
+    # sharpening: the largest entry of each row grows
+    assert (p.max(1).values >= torch.tensor(q).max(1).values - 1e-12).all()
+
+
+def test_kl_batchmean_matches_loops() -> None:
+    q = naive_student_t(Z, MU, 1.0)
+    p = naive_target(q)
+    kl = kl_to(torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64).log())
+    ref = sum(p[i][j] * math.log(p[i][j] / q[i][j]) for i in range(5) for j in range(3)) / 5
+    assert kl.item() == pytest.approx(ref, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- graphs
+
+
+def dense_reference_graph(x: np.ndarray, k: int, norm: str) -> np.ndarray:
+    """Heat-kernel top-k graph as the paper describes it, built densely (small N only)."""
+    n = len(x)
+    d2 = ((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1)
+    s = np.exp(-d2 / 1.0)
+    np.fill_diagonal(s, -np.inf)  # each node links to its top-k most similar *other* nodes
+    a = np.zeros((n, n))
+    for i in range(n):
+        for j in np.argsort(-s[i], kind="stable")[:k]:
+            a[i, j] = 1.0
+    a = np.maximum(a, a.T) + np.eye(n)
+    deg = a.sum(1)
+    if norm == "sym":
+        return a / np.sqrt(np.outer(deg, deg))
+    return a / deg[:, None]
+
+
+@pytest.mark.parametrize("norm", ["sym", "row"])
+def test_graphs_match_dense_reference(norm: str) -> None:
+    x = np.random.default_rng(3).normal(size=(40, 6)).astype(np.float32) * 0.5
+    ga, gb = build_graphs(torch.from_numpy(x), 1, 4, norm)
+    for g, k in ((ga, 1), (gb, 4)):
+        assert g.is_sparse and g.shape == (40, 40)
+        assert g._nnz() <= 40 * (2 * k + 1)
+        np.testing.assert_allclose(g.to_dense().numpy(), dense_reference_graph(x, k, norm), rtol=1e-5, atol=1e-7)
+    if norm == "row":
+        np.testing.assert_allclose(torch.sparse.sum(gb, 1).to_dense().numpy(), np.ones(40), rtol=1e-5)
+    else:
+        np.testing.assert_allclose(gb.to_dense().numpy(), gb.to_dense().numpy().T, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- GCN and fusion
+
+
+def test_gcn_layer_and_fusion_match_naive() -> None:
+    torch.manual_seed(0)
+    layer = GCNLayer(5, 3)
+    bound = math.sqrt(6 / (5 + 3))
+    assert layer.weight.abs().max() <= bound and not any("bias" in n for n, _ in layer.named_parameters())
+    adj = torch.rand(4, 4)
+    h = torch.randn(4, 5)
+    ref = [[sum(adj[i, m].item() * sum(h[m, t].item() * layer.weight[t, o].item() for t in range(5))
+                for m in range(4)) for o in range(3)] for i in range(4)]
+    np.testing.assert_allclose(layer(h, adj).detach().numpy(), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer(h, adj.to_sparse()).detach().numpy(), ref, rtol=1e-5, atol=1e-6)
+    a, b, c = torch.randn(3, 2, 3).unbind(0)
+    fused = fuse(a, b, c, 0.4, 0.2, 0.4)
+    for i in range(2):
+        for j in range(3):
+            assert fused[i, j].item() == pytest.approx(0.4 * a[i, j].item() + 0.2 * b[i, j].item() + 0.4 * c[i, j].item(),
+                                                       abs=1e-6)
+
+
+def naive_trident(net: Trident, x: torch.Tensor, adj_a: torch.Tensor, adj_b: torch.Tensor,
+                  s: float, g: float, w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's equations written out: AE layers H1..H4, GCN layer 1 on X, layer l+1 on
+    s·G_self + g·G_other + w·H_l, ReLU on all but the fifth."""
+    enc = net.ae.encoder
+    h1 = torch.relu(x @ enc[0].weight.T + enc[0].bias)
+    h2 = torch.relu(h1 @ enc[1].weight.T + enc[1].bias)
+    h3 = torch.relu(h2 @ enc[2].weight.T + enc[2].bias)
+    h4 = torch.softmax(h3 @ enc[3].weight.T + enc[3].bias, 1)
+    wa = [layer.weight for layer in net.gcn_a]
+    wb = [layer.weight for layer in (net.gcn_b if net.gcn_b is not None else net.gcn_a)]
+    ga = torch.relu(adj_a @ x @ wa[0])
+    gb = torch.relu(adj_b @ x @ wb[0])
+    for i, hl in enumerate((h1, h2, h3, h4), start=1):
+        na = adj_a @ ((s * ga + g * gb + w * hl) @ wa[i])
+        nb = adj_b @ ((s * gb + g * ga + w * hl) @ wb[i])
+        ga, gb = (na, nb) if i == 4 else (torch.relu(na), torch.relu(nb))
+    return ga, gb
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_trident_matches_naive(share: bool) -> None:
+    torch.manual_seed(1)
+    ae = JCSlimAE(6, [5, 5, 8], 3).double()
+    net = Trident(ae, 3, sigma=0.4, gamma=0.2, ae_weight=0.4, share_weights=share).double()
+    assert [tuple(layer.weight.shape) for layer in net.gcn_a] == [(6, 5), (5, 5), (5, 8), (8, 3), (3, 3)]
+    assert (net.gcn_b is None) == share
+    x = torch.randn(7, 6, dtype=torch.float64)
+    adj_a, adj_b = torch.rand(7, 7, dtype=torch.float64), torch.rand(7, 7, dtype=torch.float64)
+    out = net(x, adj_a.to_sparse(), adj_b.to_sparse())
+    ra, rb = naive_trident(net, x, adj_a, adj_b, 0.4, 0.2, 0.4)
+    torch.testing.assert_close(out["logits_a"], ra)
+    torch.testing.assert_close(out["logits_b"], rb)
+    torch.testing.assert_close(out["x_hat"].shape, x.shape)
+    assert torch.allclose(out["code"].sum(1), torch.ones(7, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- stage-1 losses
+
+
+def make_step(seed: int = 0) -> tuple[StepOutputs, SimpleNamespace, dict[str, torch.Tensor]]:
+    torch.manual_seed(seed)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh())
+    from clustkit.heads import MLPHead
+
+    heads = {"instance": MLPHead(8, [8], 4, output="l2"), "cluster": JCSlimAE(8, [6, 6, 10], 3)}
+    net = Network(backbone, heads).double()
+    ctx = SimpleNamespace(model=net, momentum_model=None)
+    views = {"weak1": torch.randn(6, 3, 2, 2, dtype=torch.float64, requires_grad=True),
+             "weak2": torch.randn(6, 3, 2, 2, dtype=torch.float64, requires_grad=True)}
+    out = StepOutputs(ctx, views["weak1"], torch.zeros(6, dtype=torch.long), torch.arange(6), views)  # type: ignore[arg-type]
+    return out, ctx, views
+
+
+def cfg(**kw: object) -> SimpleNamespace:
+    base = dict(weight=1.0, head="cluster", pairs=[("weak1", "weak2")], temperature=1.0, entropy_weight=1.0)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def naive_cluster_loss(pa: torch.Tensor, pb: torch.Tensor, tau: float) -> torch.Tensor:
+    k = pa.shape[1]
+    cols = [pa[:, j] for j in range(k)] + [pb[:, j] for j in range(k)]
+    total = 0.0
+    for i in range(2 * k):
+        pos = (i + k) % (2 * k)
+        sims = [F.cosine_similarity(cols[i], cols[j], dim=0) / tau for j in range(2 * k) if j != i]
+        denom = torch.logsumexp(torch.stack(sims), 0)
+        total = total - (F.cosine_similarity(cols[i], cols[pos], dim=0) / tau - denom)
+    ent = 0.0
+    for p in (pa, pb):
+        m = p.sum(0) / p.sum()
+        ent = ent + math.log(k) + (m * m.log()).sum()
+    return total / (2 * k) + ent
+
+
+def naive_nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    n = a.shape[0]
+    total = 0.0
+    for i in range(2 * n):
+        pos = (i + n) % (2 * n)
+        logits = torch.stack([z[i] @ z[j] / tau for j in range(2 * n) if j != i])
+        total = total - (z[i] @ z[pos] / tau - torch.logsumexp(logits, 0))
+    return total / (2 * n)
+
+
+def test_ccs_code_of_each_view_comes_from_that_views_features() -> None:
+    """The reference computes view b's code from view a's features (methods.md §4.3)."""
+    out, ctx, views = make_step()
+    net = ctx.model
+    loss = ClusterLoss(cfg(), SimpleNamespace(current_key="losses.cluster"))
+    ca, cb = loss.codes(out, "weak1", "weak2")
+    torch.testing.assert_close(cb, net.heads["cluster"](net.backbone(views["weak2"])))
+    assert not torch.allclose(cb, net.heads["cluster"](net.backbone(views["weak1"])))
+    value = loss.compute_loss(out, ctx)["cluster"]
+    fa, fb = net.backbone(views["weak1"]), net.backbone(views["weak2"])
+    ae = net.heads["cluster"]
+    torch.testing.assert_close(value, naive_cluster_loss(ae(fa), ae(fb), 1.0))
+    buggy = naive_cluster_loss(ae(fa), ae(fa), 1.0)  # the reference's forward
+    assert abs(value.item() - buggy.item()) > 1e-6
+    value.backward()
+    assert views["weak2"].grad is not None and views["weak2"].grad.abs().sum() > 0  # the bug gives view b no gradient
+
+
+def test_stage1_losses_and_gradients_match_naive() -> None:
+    out, ctx, views = make_step(seed=2)
+    net = ctx.model
+    key = SimpleNamespace(current_key="losses.x")
+    cis = InstanceLoss(cfg(head="instance", temperature=0.5, weight=0.7), key).compute_loss(out, ctx)["x"]
+    ccs = ClusterLoss(cfg(weight=1.3), key).compute_loss(out, ctx)["x"]
+    rcfg = ReconLossConfig(name="iciclegcn_re", weight=0.5)
+    re = ReconLoss(rcfg, key).compute_loss(out, ctx)["x"]
+    total = cis + ccs + re
+    grads = torch.autograd.grad(total, [views["weak1"], views["weak2"], *net.parameters()])
+
+    fa, fb = net.backbone(views["weak1"]), net.backbone(views["weak2"])
+    ins, ae = net.heads["instance"], net.heads["cluster"]
+    ref_cis = 0.7 * naive_nt_xent(ins(fa), ins(fb), 0.5)
+    ref_ccs = 1.3 * naive_cluster_loss(ae(fa), ae(fb), 1.0)
+    sq = 0.0
+    for f in (fa, fb):
+        rec = ae.decode(ae(f))
+        sq = sq + sum(((rec[i] - f[i]) ** 2).sum() for i in range(6))
+    ref_re = 0.5 * sq / (2 * 6)
+    for got, ref in ((cis, ref_cis), (ccs, ref_ccs), (re, ref_re)):
+        torch.testing.assert_close(got, ref)
+    ref_grads = torch.autograd.grad(ref_cis + ref_ccs + ref_re, [views["weak1"], views["weak2"], *net.parameters()])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    # the cluster term is exactly the core's cluster contrast on the two codes
+    torch.testing.assert_close(ccs, 1.3 * cluster_contrast(ae(fa), ae(fb), 1.0, 1.0))
+
+
+def test_recon_detach_target_stops_the_target_gradient() -> None:
+    out, ctx, views = make_step(seed=4)
+    rcfg = ReconLossConfig(name="iciclegcn_re", detach_target=True, views=["weak2"])
+    re = ReconLoss(rcfg, SimpleNamespace(current_key="losses.re")).compute_loss(out, ctx)["re"]
+    net = ctx.model
+    f = net.backbone(views["weak2"])
+    ref = ((net.heads["cluster"].decode(net.heads["cluster"](f)) - f.detach()) ** 2).sum() / 6
+    torch.testing.assert_close(torch.autograd.grad(re, views["weak2"])[0], torch.autograd.grad(ref, views["weak2"])[0])
+
+
+def test_config_checks_weights() -> None:
+    with pytest.raises(ValueError):
+        GCNRefinerConfig(name="iciclegcn_gcn", sigma=0.9, gamma=0.2)
+    GCNRefinerConfig(name="iciclegcn_gcn", sigma=0.5, gamma=0.2, ae_weight=0.5)  # the code's weights
+
+
+# --------------------------------------------------------------------------- runs
+
+TINY = ["run.epochs=2", "run.eval_every=1", "run.batch_size=128", "backbone.width=8", "backbone.out_dim=32",
+        "heads.instance.hidden=32", "heads.cluster.hidden=[32,32,64]", "refine.iterations=8",
+        "refine.checkpoint_every=2", "refine.log_every=0", "refine.kmeans_n_init=2", "refine.k_b=5"]
+
+
+def _run(out: Path, overrides: list[str], resume: bool = False) -> dict:
+    from clustkit import recipe as recipe_mod
+    from clustkit.engine.runner import Run
+    from clustkit.plugins import get_plugins
+
+    plugins = get_plugins()
+    r = recipe_mod.load(RECIPE, plugins.registry, overrides, installed_plugins=list(plugins.info))
+    return Run(r, plugins, out).execute(resume=resume)
+
+
+def _stage2_state(out: Path) -> dict:
+    return torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_and_resume_in_stage2(tmp_path: Path) -> None:
+    # uninterrupted: stage 1 periodic evaluation is the recipe's head_argmax, the final one the GCN's
+    full = _run(tmp_path / "full", TINY)
+    assert full["evaluation"] == "iciclegcn_gcn:mean" and full["gcn_iterations"] == 8
+    assert "gcn_resumed_at" not in full and 0 <= full["acc"] <= 1
+    lines = [json.loads(s) for s in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["epoch"] == 1 and "acc" in lines[0]  # stage-1 evaluation answered by the recipe evaluator
+    assert (tmp_path / "full" / "assignments.csv").read_text().count("\n") == 1797 + 1
+
+    # killed (SIGKILL) right after the stage-2 checkpoint of iteration 4, then resumed
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "killer.py").write_text(textwrap.dedent("""
+        import os, signal
+        from clustkit import hookimpl
+
+        @hookimpl
+        def on_run_start(ctx):
+            refiner, save = ctx.components["refine"], ctx.save_checkpoint
+
+            def save_then_die():
+                save()
+                if ctx.phase == "post" and refiner.iteration >= int(os.environ["ICICLE_KILL_AT"]):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            ctx.save_checkpoint = save_then_die
+        """))
+    out = tmp_path / "killed"
+    env = {**os.environ, "CLUSTKIT_PLUGINS_DIR": str(plugin_dir), "ICICLE_KILL_AT": "4"}
+    cmd = [os.path.join(os.path.dirname(sys.executable), "clustkit"), "run", str(RECIPE), "--out", str(out)]
+    for o in TINY:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    state = _stage2_state(out)
+    assert state["phase"] == "post" and state["components"]["refine"]["iteration"] == 4
+    assert not (out / "summary.json").exists()
+
+    resumed = _run(out, TINY, resume=True)
+    assert resumed["gcn_resumed_at"] == 4 and resumed["gcn_iterations"] == 8
+    a, b = _stage2_state(tmp_path / "full"), _stage2_state(out)
+    assert b["phase"] == "done"
+    for key in ("a", "b", "q"):
+        torch.testing.assert_close(b["components"]["refine"]["final"][key], a["components"]["refine"]["final"][key],
+                                   rtol=1e-4, atol=1e-5)
+    assert resumed["acc"] == pytest.approx(full["acc"], abs=2e-3)
