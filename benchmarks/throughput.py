@@ -123,13 +123,13 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     cuda = ctx.device.type == "cuda"
 
-    def batches():
+    def batches(source: Any) -> Any:
         epoch = 0
         while True:
-            yield from ctx.source.train_batches(epoch)
+            yield from source.train_batches(epoch)
             epoch += 1
 
-    it = batches()
+    it = batches(ctx.source)
     for _ in range(args.warmup):
         x, y, idx = next(it)
         run._step(ctx, x, y, idx, params)

@@ -158,6 +158,16 @@ def markdown(meta: dict[str, Any], cells: list[dict[str, Any]]) -> str:
     for c in cells:
         row = [f"`{c['id']}`", runs_text(c), *[fmt(c["metrics"].get(k), d) for k, _, d in cols]]
         lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Runs", "", "One row per finished run (the per-seed figures behind the means).", ""]
+    lines.append("| cell | seed | " + " | ".join(h for _, h, _ in cols) + " |")
+    lines.append("|---|---:|" + "|".join(["---:"] * len(cols)) + "|")
+    for c in cells:
+        for r in c["runs"]:
+            if r["status"] not in OK:
+                continue
+            vals = [run_value(r, k) for k, _, _ in cols]
+            cells_txt = ["–" if v is None else f"{v:.{d}f}" for v, (_, _, d) in zip(vals, cols)]
+            lines.append(f"| `{c['id']}` | {r['seed']} | " + " | ".join(cells_txt) + " |")
     lines += ["", "## Cells", ""]
     for c in cells:
         ovs = " ".join(f"`--set {o}`" for o in c["overrides"]) or "(none)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from clustkit import hookimpl
 from clustkit.registry import ComponentConfig, Registry
@@ -19,7 +19,8 @@ F = "clustkit.components:"
 
 class DatasetConfig(ComponentConfig):
     root: str | None = Field(None, description="dataset folder (or file); ignored by digits")
-    split: Literal["all", "train", "test"] = Field("all", description="clustering pools train and test")
+    split: Literal["all", "train", "test", "unlabeled"] = Field(
+        "all", description="clustering pools train and test; 'unlabeled': stl10's unlabelled split only")
     image_size: int | None = Field(None, ge=4, description="resize folder images to this size")
     superclasses: bool = Field(True, description="cifar100: the 20 coarse labels (the papers' protocol)")
     unlabeled: bool = Field(False, description="stl10: add the 100k unlabelled split")
@@ -51,8 +52,11 @@ class MLPHeadConfig(ComponentConfig):
     batch_norm: bool = False
 
 
-class TensorAffineConfig(ComponentConfig):
-    names: list[str] = Field(default_factory=lambda: ["weak1", "weak2"], min_length=1)
+class AffineParams(BaseModel):
+    """Parameters of the batched ``TensorAffine`` augmentation (shared with plugins that embed it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     degrees: float = Field(15.0, ge=0)
     scale: tuple[float, float] = (0.85, 1.15)
     translate: float = Field(0.1, ge=0, le=0.5)
@@ -60,6 +64,10 @@ class TensorAffineConfig(ComponentConfig):
     erase_p: float = Field(0.5, ge=0, le=1)
     erase_area: tuple[float, float] = (0.05, 0.2)
     noise_std: float = Field(0.05, ge=0)
+
+
+class TensorAffineConfig(ComponentConfig, AffineParams):
+    names: list[str] = Field(default_factory=lambda: ["weak1", "weak2"], min_length=1)
 
 
 class KMeansGroupingConfig(ComponentConfig):

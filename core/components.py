@@ -55,8 +55,7 @@ class TensorAffineViews:
 
     def __init__(self, cfg: Any, ctx: RunContext):
         self.names = list(cfg.names)
-        self.aug = TensorAffine(cfg.degrees, tuple(cfg.scale), cfg.translate, cfg.shear, cfg.erase_p,
-                                tuple(cfg.erase_area), cfg.noise_std)
+        self.aug = TensorAffine(**cfg.model_dump(exclude={"name", "names"}))
 
     @hookimpl
     def make_views(self, images: torch.Tensor, train: bool, ctx: RunContext) -> dict[str, torch.Tensor]:

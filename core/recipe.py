@@ -47,6 +47,9 @@ class RunSection(_Strict):
     channels_last: bool = False
     deterministic: bool = False
     plugins: list[str] = Field(default_factory=list, description="plugins the recipe needs")
+    unlabeled_losses: list[str] = Field(
+        default_factory=list, description="loss keys trained on the [unlabeled] dataset each epoch, in a pass before "
+        "the one over [data] (CC's STL-10 protocol); required with [unlabeled]")
 
 
 class OptimizerSection(_Strict):
@@ -76,6 +79,7 @@ class MomentumSection(_Strict):
 # Component sections: (recipe key, registry kind, is a table of named instances, required)
 COMPONENT_SECTIONS: tuple[tuple[str, str, bool, bool], ...] = (
     ("data", "dataset", False, True),
+    ("unlabeled", "dataset", False, False),
     ("backbone", "backbone", False, True),
     ("heads", "head", True, False),
     ("views", "views", False, True),
@@ -91,7 +95,7 @@ CORE_SECTIONS: dict[str, type[BaseModel]] = {
     "momentum": MomentumSection,
 }
 DEFAULT_GROUPING = {"name": "kmeans"}
-TOP_LEVEL = ["run", "data", "backbone", "heads", "views", "losses", "grouping", "evaluation", "refine",
+TOP_LEVEL = ["run", "data", "unlabeled", "backbone", "heads", "views", "losses", "grouping", "evaluation", "refine",
              "optimizer", "schedule", "momentum"]
 
 
@@ -112,6 +116,7 @@ class Recipe:
     heads: dict[str, BaseModel] = field(default_factory=dict)
     losses: dict[str, BaseModel] = field(default_factory=dict)
     refine: BaseModel | None = None
+    unlabeled: BaseModel | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (every default filled in), as plain TOML-able data."""
@@ -322,6 +327,16 @@ def _check_references(recipe: Recipe, file: str) -> None:
         for ref in recipe.momentum.heads:
             if ref not in recipe.heads:
                 raise RecipeError(file, "momentum.heads", f"names head {ref!r}, which the recipe does not define.", heads)
+    if recipe.unlabeled is not None and not recipe.run.unlabeled_losses:
+        raise RecipeError(file, "run.unlabeled_losses", "is required with an [unlabeled] section: which loss terms "
+                          "train on the unlabelled images (CC's STL-10 protocol: the instance loss).", sorted(recipe.losses))
+    if recipe.run.unlabeled_losses and recipe.unlabeled is None:
+        raise RecipeError(file, "run.unlabeled_losses", "is set but the recipe has no [unlabeled] section (the dataset "
+                          "of the unlabelled pass).")
+    for i, ref in enumerate(recipe.run.unlabeled_losses):
+        if ref not in recipe.losses:
+            raise RecipeError(file, f"run.unlabeled_losses[{i}]", f"names loss {ref!r}, which the recipe does not "
+                              "define.", sorted(recipe.losses))
     for prefix in recipe.optimizer.lr_mult:
         if not prefix:
             raise RecipeError(file, "optimizer.lr_mult", "has an empty parameter prefix.")

@@ -161,6 +161,8 @@ def test_grid_bench_writes_outputs_and_resumes_only_unfinished_runs(tmp_path: Pa
     assert float(rows[0]["acc_mean"]) == pytest.approx(data["cells"][0]["metrics"]["acc"]["mean"])
     md = (out / "results.md").read_text()
     assert "| `cc__losses.cluster.weight=0` | 2/2 |" in md and " ± " in md
+    acc = json.loads((out / CELLS[1] / "seed1" / "summary.json").read_text())["acc"]
+    assert f"| `{CELLS[1]}` | 1 | {acc:.3f} |" in md  # the per-seed row behind the mean
     first = runs_by_key(out)
 
     # interrupted bench: one run lost its summary (its checkpoint remains), another never started

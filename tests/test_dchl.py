@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +12,7 @@ import torch
 from clustkit.errors import RecipeError
 from clustkit_dchl import ClusterConfig, GroupConfig, InstanceConfig
 from clustkit_dchl import components as C
+from naive import naive_cluster_contrast as naive_cluster, naive_nt_xent
 from conftest import REPO, run_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -65,36 +65,6 @@ def naive_group_term(q_a, q_b, l_a, l_b, c_a, c_b, tau: float) -> torch.Tensor:
             total = total - (logits[labels[i]] - log_den)
         return total / q.shape[0]
     return 0.5 * (one(q_b, c_a, l_b) + one(q_a, c_b, l_a))
-
-
-def naive_nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
-    z = [v / torch.sqrt(sum(x * x for x in v)) for v in list(a) + list(b)]
-    n = a.shape[0]
-    total = 0
-    for i in range(2 * n):
-        pos = (i + n) % (2 * n)
-        sims = {j: sum(z[i][t] * z[j][t] for t in range(len(z[i]))) / tau for j in range(2 * n) if j != i}
-        total = total - torch.log(torch.exp(sims[pos]) / sum(torch.exp(s) for s in sims.values()))
-    return total / (2 * n)
-
-
-def naive_cluster(p_a: torch.Tensor, p_b: torch.Tensor, tau: float, ew: float) -> torch.Tensor:
-    k = p_a.shape[1]
-    cols = [p_a[:, j] for j in range(k)] + [p_b[:, j] for j in range(k)]
-    total = 0
-    for i in range(2 * k):
-        pos = (i + k) % (2 * k)
-        sims = {j: (cols[i] @ cols[j]) / (torch.sqrt(cols[i] @ cols[i]) * torch.sqrt(cols[j] @ cols[j])) / tau
-                for j in range(2 * k) if j != i}
-        total = total - torch.log(torch.exp(sims[pos]) / sum(torch.exp(s) for s in sims.values()))
-    ent = 0
-    for p in (p_a, p_b):
-        m = [p[:, j].sum() / p.sum() for j in range(k)]
-        ent = ent + math.log(k) + sum(v * torch.log(v) for v in m)
-    return total / (2 * k) + ew * ent
-
-
-# ----------------------------------------------------------------------------- fakes
 
 
 class FakeOut:
@@ -281,8 +251,8 @@ def test_recipe_build_shares_the_trunk_and_rejects_big_kf(plugin_set):
     assert {"losses.instance", "losses.cluster", "losses.group"} <= set(ctx.components)
     zero = load(REPO / "recipes" / "dchl.toml", ps.registry, ["backbone.width=8", "losses.group.weight=0"])
     assert "losses.group" not in Run(zero, ps, None).build().components
-    big = load(REPO / "recipes" / "dchl.toml", ps.registry, ["losses.group.groups=256"])
-    with pytest.raises(RecipeError, match="losses.group.groups.*run.batch_size is 256"):
+    big = load(REPO / "recipes" / "dchl.toml", ps.registry, ["losses.group.groups=128"])
+    with pytest.raises(RecipeError, match="losses.group.groups.*run.batch_size is 128"):
         Run(big, ps, None).build()
 
 

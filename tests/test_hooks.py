@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -16,6 +16,7 @@ from clustkit_sacc import (OP_NAMES, TRAIN_PY_CLUSTER_PAIRS, TRAIN_PY_INSTANCE_P
                            SACCInstanceConfig, SACCViewsConfig)
 from clustkit_sacc import components as C
 from clustkit_sacc.randaugment import RandAugment, apply_op
+from naive import naive_cluster_contrast as naive_cluster, naive_nt_xent
 from conftest import REPO, run_recipe
 
 D = torch.float64
@@ -137,33 +138,6 @@ def test_normalisation_modes():
 
 
 # ----------------------------------------------------------------------------- losses
-
-
-def naive_nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
-    z = [v / torch.sqrt(sum(x * x for x in v)) for v in list(a) + list(b)]
-    n = a.shape[0]
-    total = 0
-    for i in range(2 * n):
-        pos = (i + n) % (2 * n)
-        sims = {j: sum(z[i][t] * z[j][t] for t in range(len(z[i]))) / tau for j in range(2 * n) if j != i}
-        total = total - torch.log(torch.exp(sims[pos]) / sum(torch.exp(s) for s in sims.values()))
-    return total / (2 * n)
-
-
-def naive_cluster(p_a: torch.Tensor, p_b: torch.Tensor, tau: float, ew: float) -> torch.Tensor:
-    k = p_a.shape[1]
-    cols = [p_a[:, j] for j in range(k)] + [p_b[:, j] for j in range(k)]
-    total = 0
-    for i in range(2 * k):
-        pos = (i + k) % (2 * k)
-        sims = {j: (cols[i] @ cols[j]) / (torch.sqrt(cols[i] @ cols[i]) * torch.sqrt(cols[j] @ cols[j])) / tau
-                for j in range(2 * k) if j != i}
-        total = total - torch.log(torch.exp(sims[pos]) / sum(torch.exp(s) for s in sims.values()))
-    ent = 0
-    for p in (p_a, p_b):
-        m = [p[:, j].sum() / p.sum() for j in range(k)]
-        ent = ent + math.log(k) + sum(v * torch.log(v) for v in m)
-    return total / (2 * k) + ew * ent
 
 
 class FakeOut:

@@ -44,7 +44,7 @@ DATASETS: dict[str, Callable[..., ClusterDataset]] = {
     "tiny_imagenet": load_tiny_imagenet,
 }
 
-SPLITS = ("all", "train", "test")
+SPLITS = ("all", "train", "test", "unlabeled")  # "unlabeled": stl10 only
 
 
 def load_dataset(

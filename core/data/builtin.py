@@ -315,11 +315,15 @@ _STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "mon
 def load_stl10(root=None, *, image_size=None, split="all", channels=None, unlabeled=False) -> InMemoryDataset:
     """STL-10 binaries (torchvision layout ``stl10_binary/``): 96×96 RGB, train 5k + test 8k.
 
-    ``unlabeled=True`` appends the 100,000 unlabelled images with label -1.
+    ``unlabeled=True`` appends the 100,000 unlabelled images with label -1; ``split="unlabeled"``
+    loads only those (the extra pass of CC's STL-10 protocol: recipe section ``[unlabeled]``).
     """
     expected = "the torchvision layout stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin[,unlabeled_X.bin]} under the root."
     base = check_root("stl10", root, expected)
-    splits = resolve_splits("stl10", split)
+    if split == "unlabeled":
+        splits, unlabeled = [], True
+    else:
+        splits = resolve_splits("stl10", split)
     folder = base / "stl10_binary" if (base / "stl10_binary").is_dir() else base
     needed = [f"{s}_{k}.bin" for s in splits for k in ("X", "y")] + (["unlabeled_X.bin"] if unlabeled else [])
     missing = [f for f in needed if not (folder / f).is_file()]
@@ -345,6 +349,8 @@ def load_stl10(root=None, *, image_size=None, split="all", channels=None, unlabe
         x = read_x(folder / "unlabeled_X.bin")
         images.append(x)
         labels.append(np.full(x.shape[0], -1, dtype=np.int64))
+    if not images:
+        raise DatasetError(f"dataset 'stl10': nothing to load in {folder}.")
     names_file = folder / "class_names.txt"
     class_names = list(_STL10_CLASSES)
     if names_file.is_file():
@@ -353,6 +359,6 @@ def load_stl10(root=None, *, image_size=None, split="all", channels=None, unlabe
             class_names = lines
     x = np.concatenate(images) if len(images) > 1 else images[0]
     return finish(
-        x, np.concatenate(labels), name="stl10" + ("+unlabeled" if unlabeled else ""),
+        x, np.concatenate(labels), name="stl10" + ("-unlabeled" if not splits else "+unlabeled" if unlabeled else ""),
         class_names=class_names, image_size=image_size, channels=channels,
     )

@@ -128,6 +128,8 @@ class RunContext:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.source: BatchSource | None = None
+        self.unlabeled_source: BatchSource | None = None  # the [unlabeled] pass's items, if any
+        self.current_pass = "data"  # "unlabeled" during the [unlabeled] pass of an epoch
         self.pm: pluggy.PluginManager | None = None
         self.components: dict[str, Any] = {}
         self.epoch = 0          # epochs completed so far (the current epoch's index while training)
@@ -161,6 +163,12 @@ class RunContext:
             self.console.print(*args)
         else:
             print(*args)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch: the [unlabeled] pass (if any) plus the pass over [data]."""
+        assert self.source is not None
+        extra = self.unlabeled_source.steps_per_epoch() if self.unlabeled_source is not None else 0
+        return self.source.steps_per_epoch() + extra
 
     def momentum_value(self) -> float:
         cfg = self.recipe.momentum

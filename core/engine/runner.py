@@ -108,6 +108,8 @@ class Run:
             raise RecipeError(r.path, "run.batch_size", f"is {r.run.batch_size} but the dataset has only {len(ds)} images.")
         ctx.source = BatchSource(ds, r.run.batch_size // dist.world_size() * dist.world_size(), r.run.eval_batch_size,
                                  r.run.drop_last, r.run.seed, device, r.run.num_workers)
+        if r.unlabeled is not None:
+            ctx.unlabeled_source = self._unlabeled_source(ctx)
         backbone = self._build("backbone", "backbone", r.backbone, ctx)
         ctx.backbone_dim = int(backbone.out_dim)
         heads = {k: self._build("head", f"heads.{k}", cfg, ctx) for k, cfg in r.heads.items()}
@@ -146,10 +148,26 @@ class Run:
             ctx.momentum_model = mom
         self._sync_initial_weights(ctx)
         ctx.optimizer = self._optimizer(ctx)
-        ctx.total_steps = ctx.source.steps_per_epoch() * r.run.epochs
+        ctx.total_steps = ctx.steps_per_epoch() * r.run.epochs
         ctx.scheduler = self._scheduler(ctx)
         ctx._save_checkpoint = lambda: self.save(ctx)
         return ctx
+
+    def _unlabeled_source(self, ctx: RunContext) -> BatchSource:
+        """The items of the [unlabeled] pass (e.g. STL-10's 100k unlabelled images), batched like [data]."""
+        r = self.recipe
+        extra = self._build("dataset", "unlabeled", r.unlabeled, ctx)
+        ds = ctx.dataset
+        if extra.channels != ds.channels or tuple(extra.image_size) != tuple(ds.image_size):
+            raise RecipeError(r.path, "unlabeled", f"holds {extra.channels}-channel {tuple(extra.image_size)} images but "
+                              f"[data] holds {ds.channels}-channel {tuple(ds.image_size)} ones; one network sees both, "
+                              "so set image_size / channels to match.")
+        source = BatchSource(extra, r.run.batch_size // dist.world_size() * dist.world_size(), r.run.eval_batch_size,
+                             r.run.drop_last, r.run.seed + 7919, ctx.device, r.run.num_workers)
+        if source.steps_per_epoch() == 0:
+            raise RecipeError(r.path, "unlabeled", f"has {len(extra)} images, fewer than run.batch_size "
+                              f"({r.run.batch_size}).")
+        return source
 
     def _sync_initial_weights(self, ctx: RunContext) -> None:
         if dist.world_size() > 1:
@@ -179,7 +197,7 @@ class Run:
     def _scheduler(self, ctx: RunContext) -> torch.optim.lr_scheduler.LambdaLR:
         s = self.recipe.schedule
         assert ctx.source is not None and ctx.optimizer is not None
-        warm = int(s.warmup_epochs * ctx.source.steps_per_epoch())
+        warm = int(s.warmup_epochs * ctx.steps_per_epoch())
         total = max(1, ctx.total_steps)
         base = self.recipe.optimizer.lr
         floor = s.min_lr / base if base else 0.0
@@ -294,14 +312,19 @@ class Run:
             task = progress.add_task(r.run.name or Path(r.path).stem, total=r.run.epochs, completed=ctx.epoch, info="")
             while ctx.epoch < r.run.epochs:
                 ctx.hook.on_epoch_start(ctx=ctx)
-                sums: dict[str, torch.Tensor] = {}
-                batches = 0
-                for x, y, idx in ctx.source.train_batches(ctx.epoch):
-                    terms = self._step(ctx, x, y, idx, params)
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0) + v
-                    batches += 1
-                logs = {k: float(v) / max(1, batches) for k, v in sums.items()}
+                logs: dict[str, float] = {}
+                for name, source, losses in self._passes(ctx):
+                    ctx.current_pass = name
+                    sums: dict[str, torch.Tensor] = {}
+                    batches = 0
+                    for x, y, idx in source.train_batches(ctx.epoch):
+                        terms = self._step(ctx, x, y, idx, params, losses)
+                        for k, v in terms.items():
+                            sums[k] = sums.get(k, 0) + v
+                        batches += 1
+                    prefix = "" if name == "data" else f"{name}_"
+                    logs.update({prefix + k: float(v) / max(1, batches) for k, v in sums.items()})
+                ctx.current_pass = "data"
                 ctx.hook.on_epoch_end(ctx=ctx, logs=logs)
                 dist.broadcast_buffers(ctx.model)
                 ctx.epoch += 1
@@ -320,8 +343,20 @@ class Run:
                 progress.update(task, completed=ctx.epoch,
                                 info=" ".join(f"{k}={v:.3f}" for k, v in logs.items()))
 
+    def _passes(self, ctx: RunContext) -> list[tuple[str, BatchSource, Any]]:
+        """The passes of one epoch: (name, batches, compute_loss caller). With an [unlabeled]
+        section, a pass over those items computing only ``run.unlabeled_losses`` comes first."""
+        assert ctx.source is not None and ctx.pm is not None
+        passes: list[tuple[str, BatchSource, Any]] = []
+        if ctx.unlabeled_source is not None:
+            keep = {f"losses.{k}" for k in self.recipe.run.unlabeled_losses}
+            drop = [c for key, c in ctx.components.items() if key.startswith("losses.") and key not in keep]
+            passes.append(("unlabeled", ctx.unlabeled_source, ctx.pm.subset_hook_caller("compute_loss", drop)))
+        passes.append(("data", ctx.source, ctx.hook.compute_loss))
+        return passes
+
     def _step(self, ctx: RunContext, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-              params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+              params: list[torch.nn.Parameter], compute_loss: Any = None) -> dict[str, torch.Tensor]:
         assert ctx.optimizer is not None and ctx.model is not None
         if self.recipe.run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -331,7 +366,7 @@ class Run:
         out = StepOutputs(ctx, x, y, idx, views)
         terms: dict[str, torch.Tensor] = {}
         with ctx.autocast():
-            for part in ctx.hook.compute_loss(out=out, ctx=ctx):
+            for part in (compute_loss or ctx.hook.compute_loss)(out=out, ctx=ctx):
                 for k, v in (part or {}).items():
                     if k in terms:
                         raise RuntimeError(f"two losses returned a term named {k!r}")

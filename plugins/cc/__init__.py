@@ -59,5 +59,5 @@ def register_components(registry: Registry) -> None:
                  doc="NT-Xent over view pairs (tau 0.5)")
     registry.add("loss", "cluster_contrast", F + "ClusterContrast", ClusterContrastConfig,
                  doc="column-wise cluster contrast + entropy (tau 1.0)")
-    registry.add("views", "cc_weak", F + "WeakViews", WeakViewsConfig,
+    registry.add("views", "cc_weak", "clustkit.views:PipelineViews", WeakViewsConfig,
                  doc="CC's weak SimCLR-style views (crop, flip, jitter, grey, blur)")

@@ -13,6 +13,7 @@ from clustkit.engine.context import RunContext
 from clustkit.engine.outputs import StepOutputs
 from clustkit.errors import RecipeError
 from clustkit.losses import cluster_contrast, nt_xent
+from clustkit.pairloss import PairLoss, check_view_pairs
 
 # --------------------------------------------------------------------------- heads
 
@@ -83,46 +84,14 @@ def batch_kmeans(g: torch.Tensor, k: int, iters: int = 5) -> tuple[torch.Tensor,
 # --------------------------------------------------------------------------- losses
 
 
-def check_pairs(pairs: list[tuple[str, str]], ctx: RunContext, key: str) -> None:
-    """Fail at build time when a pair names a view the recipe's view generator does not make."""
-    views = ctx.components.get("views")
-    names = getattr(views, "view_names", None) or getattr(views, "names", None)
-    for i, (a, b) in enumerate(pairs):
-        if a == b:
-            raise RecipeError(ctx.recipe.path, f"{key}.pairs[{i}]", f"pairs a view with itself ({a!r}).")
-        for v in (a, b):
-            if names and v not in names:
-                raise RecipeError(ctx.recipe.path, f"{key}.pairs[{i}]", f"names view {v!r}, which the view generator "
-                                  f"({ctx.recipe.views.name!r}) does not produce.", list(names))
-
-
-class _PairLoss:
-    """A loss summed over the recipe's view pairs, weighted, named after its recipe key."""
-
-    def __init__(self, cfg: Any, ctx: RunContext):
-        self.cfg = cfg
-        self.pairs = [tuple(p) for p in cfg.pairs]
-        self.term = ctx.current_key.split(".")[-1] or cfg.name
-        check_pairs(self.pairs, ctx, ctx.current_key)
-
-    def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    @hookimpl
-    def compute_loss(self, out: StepOutputs, ctx: RunContext) -> dict[str, torch.Tensor]:
-        h = self.cfg.head
-        total = sum(self.pair_loss(out.head(u, h), out.head(v, h)) for u, v in self.pairs)
-        return {self.term: self.cfg.weight * total}
-
-
-class DCHLInstance(_PairLoss):
+class DCHLInstance(PairLoss):
     """L_ins: NT-Xent on the instance branch (tau_I = 0.5), summed over pairs."""
 
     def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return nt_xent(a, b, self.cfg.temperature)
 
 
-class DCHLCluster(_PairLoss):
+class DCHLCluster(PairLoss):
     """L_clu: CC's cluster contrast on the coarse branch (tau_C = 1.0) + log K - H(p) per view."""
 
     def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -148,7 +117,7 @@ class DCHLGroup:
         key = ctx.current_key
         self.term = key.split(".")[-1] or cfg.name
         self.pairs = [tuple(p) for p in cfg.pairs]
-        check_pairs(self.pairs, ctx, key)
+        check_view_pairs(self.pairs, ctx, key)
         if cfg.fine_head not in ctx.recipe.heads:
             raise RecipeError(ctx.recipe.path, f"{key}.fine_head", f"names head {cfg.fine_head!r}, which the recipe "
                               f"does not define.", sorted(ctx.recipe.heads))

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from clustkit import hookimpl
-from clustkit.augment import normalize_batch, per_image, weak_pipeline
 from clustkit.engine.context import RunContext
 from clustkit.engine.outputs import StepOutputs
 from clustkit.heads import MLPHead
@@ -135,26 +134,6 @@ class Predictor(MLPHead):
 def build_predictor(cfg: Any, ctx: RunContext) -> nn.Module:
     in_dim = _head_out_dim(ctx, cfg.input)
     return Predictor(in_dim, cfg.hidden, cfg.out_dim or in_dim, cfg.input, cfg.init_std)
-
-
-class SimCLRViews:
-    """DigPro's SimCLR pipeline per image (crop, flip, jitter, grey); eval view: resize + normalise."""
-
-    def __init__(self, cfg: Any, ctx: RunContext):
-        self.names = list(cfg.names)
-        self.size = cfg.size or ctx.image_size[0]
-        self.normalize = cfg.normalize
-        self.transform = weak_pipeline(self.size, ctx.in_channels, cfg.strength, cfg.blur, tuple(cfg.crop_scale),
-                                       cfg.normalize)
-
-    @hookimpl
-    def make_views(self, images: torch.Tensor, train: bool, ctx: RunContext) -> dict[str, torch.Tensor]:
-        if train:
-            return {name: per_image(self.transform, images) for name in self.names}
-        x = images
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        return {"eval": normalize_batch(x) if self.normalize else x}
 
 
 # ----------------------------------------------------------------------------- losses

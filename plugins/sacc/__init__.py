@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from clustkit import hookimpl
+from clustkit.builtin import AffineParams
 from clustkit.registry import ComponentConfig, LossConfig, Registry
 
 __version__ = "0.1.0"
@@ -32,20 +33,6 @@ OpName = Literal["AutoContrast", "Brightness", "Color", "Contrast", "Equalize", 
 # train.py: instance (i, j) + (j, s); cluster (i, j) + (i, s) + (j, s)
 TRAIN_PY_INSTANCE_PAIRS: list[Pair] = [("weak1", "weak2"), ("weak2", "strong")]
 TRAIN_PY_CLUSTER_PAIRS: list[Pair] = [("weak1", "weak2"), ("weak1", "strong"), ("weak2", "strong")]
-
-
-class AffineConfig(BaseModel):
-    """Parameters of core's batched ``TensorAffine`` (used when weak or strong_base = "tensor_affine")."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    degrees: float = Field(15.0, ge=0)
-    scale: tuple[float, float] = (0.85, 1.15)
-    translate: float = Field(0.1, ge=0, le=0.5)
-    shear: float = Field(10.0, ge=0)
-    erase_p: float = Field(0.5, ge=0, le=1)
-    erase_area: tuple[float, float] = (0.05, 0.2)
-    noise_std: float = Field(0.05, ge=0)
 
 
 class SACCViewsConfig(ComponentConfig):
@@ -71,7 +58,7 @@ class SACCViewsConfig(ComponentConfig):
     normalize: Literal["none", "strong", "all"] = Field(
         "none", description="ImageNet mean/std: 'none' (default), 'strong' (the reference's asymmetry), "
                             "'all' (every view and the evaluation view)")
-    affine: AffineConfig = Field(default_factory=AffineConfig)
+    affine: AffineParams = Field(default_factory=AffineParams)
 
 
 class SACCInstanceConfig(LossConfig):

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from clustkit import hookimpl
 from clustkit.augment import TensorAffine, normalize_batch, per_image, weak_pipeline
 from clustkit.engine.context import RunContext
-from clustkit.engine.outputs import StepOutputs
 from clustkit.errors import RecipeError
 from clustkit.losses import cluster_contrast, nt_xent
+from clustkit.pairloss import PairLoss
+
+from clustkit.views import resize_square
 
 from .randaugment import RandAugment
 
@@ -34,12 +35,6 @@ def strong_base_pipeline(size: int, channels: int, jitter: tuple[float, float, f
             ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
     ops.append(v2.RandomHorizontalFlip())
     return v2.Compose(ops)
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 class SACCViews:
@@ -72,16 +67,16 @@ class SACCViews:
     def weak_view(self, images: torch.Tensor) -> torch.Tensor:
         if self.weak is not None:
             return per_image(self.weak, images)
-        return self.affine(_resize(images, self.size))
+        return self.affine(resize_square(images, self.size))
 
     def strong_view(self, images: torch.Tensor) -> torch.Tensor:
-        x = per_image(self.strong_base, images) if self.strong_base is not None else self.affine(_resize(images, self.size))
+        x = per_image(self.strong_base, images) if self.strong_base is not None else self.affine(resize_square(images, self.size))
         return self.randaugment(x)
 
     @hookimpl
     def make_views(self, images: torch.Tensor, train: bool, ctx: RunContext) -> dict[str, torch.Tensor]:
         if not train:
-            x = _resize(images, self.size)
+            x = resize_square(images, self.size)
             return {"eval": normalize_batch(x) if self.normalize == "all" else x}
         views = {name: self.weak_view(images) for name in self.weak_names}
         views.update({name: self.strong_view(images) for name in self.strong_names})
@@ -91,48 +86,14 @@ class SACCViews:
         return views
 
 
-def check_pairs(pairs: list[tuple[str, str]], ctx: RunContext, key: str) -> None:
-    """Fail at build time when a pair names a view the recipe's view generator does not make."""
-    views = ctx.components.get("views")
-    names = getattr(views, "view_names", None) or getattr(views, "names", None)
-    if not names:
-        return
-    for i, (a, b) in enumerate(pairs):
-        for v in (a, b):
-            if v not in names:
-                raise RecipeError(ctx.recipe.path, f"{key}.pairs[{i}]", f"names view {v!r}, which the view generator "
-                                  f"({ctx.recipe.views.name!r}) does not produce.", list(names))
-        if a == b:
-            raise RecipeError(ctx.recipe.path, f"{key}.pairs[{i}]", f"pairs a view with itself ({a!r}).")
-
-
-class _PairLoss:
-    """A loss summed over the recipe's view pairs, weighted, named after its recipe key."""
-
-    def __init__(self, cfg: Any, ctx: RunContext):
-        self.cfg = cfg
-        self.pairs = [tuple(p) for p in cfg.pairs]
-        self.term = ctx.current_key.split(".")[-1] or cfg.name
-        check_pairs(self.pairs, ctx, ctx.current_key)
-
-    def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    @hookimpl
-    def compute_loss(self, out: StepOutputs, ctx: RunContext) -> dict[str, torch.Tensor]:
-        h = self.cfg.head
-        total = sum(self.pair_loss(out.head(u, h), out.head(v, h)) for u, v in self.pairs)
-        return {self.term: self.cfg.weight * total}
-
-
-class SACCInstance(_PairLoss):
+class SACCInstance(PairLoss):
     """L_ins = sum over pairs of NT-Xent (tau_I = 0.5); default pairs (weak1, weak2) + (weak2, strong)."""
 
     def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return nt_xent(a, b, self.cfg.temperature)
 
 
-class SACCCluster(_PairLoss):
+class SACCCluster(PairLoss):
     """sigma * L_clu = sigma * sum over pairs of [cluster contrast (tau_C = 1.0) + log K - H(p) of both views]."""
 
     def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
