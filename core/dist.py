@@ -1,10 +1,12 @@
 """Distributed helpers with correct gradients.
 
-Contrastive losses need every process's samples as negatives. The gather used here is
-``torch.distributed.nn.functional.all_gather``, whose backward sums the incoming gradients
-over ranks (a reduce-scatter), so gradients reach each rank's own samples from every rank's
-loss terms. The raw ``torch.distributed.all_gather`` has no backward at all, and a gather
-whose backward keeps only the local slice drops the cross-rank terms (anchors.md §3).
+Contrastive losses need every process's samples as negatives. The gather used here
+(``_GatherWithGrad``) sums the incoming gradients over ranks in its backward (an all-reduce,
+then each rank keeps its own rows), so gradients reach each rank's own samples from every
+rank's loss terms. The raw ``torch.distributed.all_gather`` has no backward at all, and a
+gather whose backward keeps only the local slice drops the cross-rank terms (anchors.md §3).
+``torch.distributed.nn.functional.all_gather`` computes the same thing but is deprecated, and
+on torch 2.14 a gloo process that used it aborts at exit in about one run of five.
 
 Every rank computes the same loss on the gathered global batch; the engine then averages
 parameter gradients over ranks, so a W-process step equals a 1-process step on the full batch.
@@ -44,13 +46,32 @@ def init_from_env(device_type: str) -> bool:
     return True
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums each rank's gradient for this rank's rows."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # every rank's loss depends on every rank's rows
+        start = rank() * ctx.rows
+        return grad[start : start + ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0, differentiably (identity on one process)."""
+    """Concatenate ``x`` from every rank along dim 0, differentiably (identity on one process).
+
+    Every rank must pass a tensor of the same shape (the engine shards batches evenly).
+    """
     if not is_distributed() or world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x.contiguous())
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
@@ -99,3 +120,13 @@ def broadcast_object(obj: Any) -> Any:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Tear the process group down once every rank is done with it.
+
+    The barrier keeps a rank from destroying its group while a peer is still in a collective.
+    """
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -48,7 +48,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         loss.backward()
         torch.save({"loss": loss.detach(), "grads": [t.grad for t in local]}, f"{out}/rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        cdist.shutdown()
 
 
 def _free_port() -> int:
