@@ -556,7 +556,8 @@ def _show_plan(console: Any, plan: Plan, tasks: list[RunTask], out: Path) -> int
         state = {"todo": "to run", "resume": "to resume"}.get(t.status, t.status)
         table.add_row(t.cell.id, str(t.seed), state, t.error if t.status == "failed" else shlex.join(t.command))
     console.print(table)
-    return 0
+    # A dry run is how a bench file is checked before spending hours on it: invalid runs fail it.
+    return 2 if any(t.status == "failed" for t in tasks) else 0
 
 
 def _collect(plan: Plan, cells: list[Cell], tasks: list[RunTask], out: Path, source: Path | None, grid: list[str],

@@ -258,3 +258,20 @@ def test_jobs_2_in_child_processes_gives_the_same_metrics(tmp_path: Path) -> Non
     la = (serial / CELLS[0] / "seed1" / "assignments.csv").read_text()
     assert la == (parallel / CELLS[0] / "seed1" / "assignments.csv").read_text()
     assert results(parallel)["jobs"] == 2
+
+
+SHIPPED_BENCH_FILES = sorted(p for p in (REPO / "benchmarks").rglob("*.toml") if "[bench]" in p.read_text())
+
+
+@pytest.mark.parametrize("path", SHIPPED_BENCH_FILES, ids=lambda p: str(p.relative_to(REPO / "benchmarks")))
+def test_shipped_bench_files_are_valid(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run of every shipped bench file validates (a dry run exits 0), before anyone spends hours on it."""
+    monkeypatch.setenv("CLUSTKIT_SHARED_DATA", str(tmp_path / "data"))
+    code, output = bench(path, "--out", tmp_path / "out", "--dry-run")
+    assert code == 0, output
+    assert "failed" not in output
+
+
+def test_dry_run_exits_2_when_a_run_is_invalid(tmp_path: Path) -> None:
+    code, output = bench(CC, "--set", "run.nonsense=1", "--out", tmp_path / "out", "--dry-run")
+    assert code == 2 and "run.nonsense" in " ".join(output.split())
