@@ -190,7 +190,7 @@ def test_grid_bench_writes_outputs_and_resumes_only_unfinished_runs(tmp_path: Pa
 
     # the same folder with a changed recipe is refused per run, not silently reused
     code, output = bench(*args, "--set", "optimizer.lr=0.01", "--dry-run")
-    assert code == 0 and "different recipe" in output and "optimizer.lr" in " ".join(output.split())
+    assert code == 2 and "different recipe" in output and "optimizer.lr" in " ".join(output.split())
 
 
 def test_failing_cells_are_recorded_and_the_others_finish(tmp_path: Path) -> None:
@@ -225,7 +225,7 @@ def test_unset_environment_variable_fails_the_cell(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("CLUSTKIT_BENCH_TEST_UNSET", raising=False)
     code, output = bench(CC, "--seeds", "0", "--set", 'data={name="usps", root="${CLUSTKIT_BENCH_TEST_UNSET}/usps"}',
                          "--out", tmp_path / "o", "--dry-run")
-    assert code == 0 and "CLUSTKIT_BENCH_TEST_UNSET" in output and "not set" in " ".join(output.split())
+    assert code == 2 and "CLUSTKIT_BENCH_TEST_UNSET" in output and "not set" in " ".join(output.split())
 
 
 def test_error_text_from_a_child_log(tmp_path: Path) -> None:
