@@ -120,9 +120,10 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
     from clustkit.engine.runner import Run
     from clustkit.recipe import load
 
+    fitted = _fit_groups(method, batch)
     overrides = [*INPUTS[kind], f"run.batch_size={batch}", f"run.device={args.device}",
                  f"run.precision={args.precision}", f"run.channels_last={'true' if args.channels_last else 'false'}",
-                 "run.eval_every=0", "run.num_workers=0", *_fit_groups(method, batch)]
+                 "run.eval_every=0", "run.num_workers=0", *fitted]
     recipe = load(REPO / "recipes" / f"{method}.toml", plugins.registry, overrides, installed_plugins=list(plugins.info))
     run = Run(recipe, plugins, None)
     with contextlib.redirect_stderr(io.StringIO()):
@@ -169,7 +170,7 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
         "views": len(ctx.hook.make_views(images=x[:2], train=True, ctx=ctx) or {}),
         "steps": args.steps, "step_ms": 1000 * statistics.median(times), "step_ms_mean": 1000 * total / len(times),
         "images_per_s": batch * len(times) / total, "device": str(ctx.device), "precision": args.precision,
-        "channels_last": args.channels_last, "overrides": _fit_groups(method, batch),
+        "channels_last": args.channels_last, "overrides": fitted,
         "peak_rss_mb": _status_mb("VmHWM") if reset else None, "rss_before_mb": rss_before,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }

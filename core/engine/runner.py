@@ -106,8 +106,7 @@ class Run:
             raise RecipeError(r.path, "run.n_clusters", "is required for a dataset without labels (how many clusters?).")
         if len(ds) < r.run.batch_size and r.run.drop_last:
             raise RecipeError(r.path, "run.batch_size", f"is {r.run.batch_size} but the dataset has only {len(ds)} images.")
-        ctx.source = BatchSource(ds, r.run.batch_size // dist.world_size() * dist.world_size(), r.run.eval_batch_size,
-                                 r.run.drop_last, r.run.seed, device, r.run.num_workers)
+        ctx.source = self._batch_source(ds, r.run.seed, device)
         if r.unlabeled is not None:
             ctx.unlabeled_source = self._unlabeled_source(ctx)
         backbone = self._build("backbone", "backbone", r.backbone, ctx)
@@ -153,6 +152,12 @@ class Run:
         ctx._save_checkpoint = lambda: self.save(ctx)
         return ctx
 
+    def _batch_source(self, ds: Any, seed: int, device: torch.device) -> BatchSource:
+        """Batches of ``ds`` as the recipe's run section sets them (the global batch split over ranks)."""
+        run = self.recipe.run
+        return BatchSource(ds, run.batch_size // dist.world_size() * dist.world_size(), run.eval_batch_size,
+                           run.drop_last, seed, device, run.num_workers)
+
     def _unlabeled_source(self, ctx: RunContext) -> BatchSource:
         """The items of the [unlabeled] pass (e.g. STL-10's 100k unlabelled images), batched like [data]."""
         r = self.recipe
@@ -162,8 +167,7 @@ class Run:
             raise RecipeError(r.path, "unlabeled", f"holds {extra.channels}-channel {tuple(extra.image_size)} images but "
                               f"[data] holds {ds.channels}-channel {tuple(ds.image_size)} ones; one network sees both, "
                               "so set image_size / channels to match.")
-        source = BatchSource(extra, r.run.batch_size // dist.world_size() * dist.world_size(), r.run.eval_batch_size,
-                             r.run.drop_last, r.run.seed + 7919, ctx.device, r.run.num_workers)
+        source = self._batch_source(extra, r.run.seed + 7919, ctx.device)
         if source.steps_per_epoch() == 0:
             raise RecipeError(r.path, "unlabeled", f"has {len(extra)} images, fewer than run.batch_size "
                               f"({r.run.batch_size}).")
