@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from clustkit.kmeans import faiss_available, kmeans
+from clustkit.cluster.kmeans import faiss_available, kmeans
 
 Runner = Callable[[np.ndarray, int, int, int], tuple[float, int]]
 

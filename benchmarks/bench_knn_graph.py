@@ -19,8 +19,8 @@ import tracemalloc
 
 import numpy as np
 
-from clustkit.kmeans import faiss_available
-from clustkit.neighbors import knn_graph
+from clustkit.cluster.kmeans import faiss_available
+from clustkit.cluster.neighbors import knn_graph
 
 GB = 1e9
 

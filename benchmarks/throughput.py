@@ -1,9 +1,9 @@
 """Training throughput (images/s) and peak memory of one training step, per method and batch size.
 
 For every method recipe present in recipes/ (cc, sacc, dchl, digpro, iciclegcn), the run is
-built with ``Run(recipe, plugins, None).build()`` and the engine's own ``Run._step`` is timed
-on batches from the engine's ``BatchSource`` (the batch fetch is included, exactly as in the
-training loop; per-epoch hooks such as E-steps and evaluation are not). The backbone is fixed
+built with ``build_run(recipe, plugins, None)`` and the engine's own ``train_step`` is timed on
+batches from the engine's ``BatchSource`` with every loss of the recipe (the batch fetch is
+included, exactly as in the training loop; per-epoch hooks such as E-steps and evaluation are not). The backbone is fixed
 per input kind so that methods differ only by their heads, views and losses:
 
 * ``digits``: scikit-learn's digits (8×8 grey, 1,797 images), ``small_cnn`` width 64, out 256;
@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from clustkit import hookimpl
-from clustkit.registry import ComponentConfig, Registry
+from clustkit import ComponentConfig, Registry, hookimpl
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["cc", "sacc", "dchl", "digpro", "iciclegcn"]
@@ -117,7 +116,8 @@ def _fit_groups(method: str, batch: int) -> list[str]:
 def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
     import torch
 
-    from clustkit.engine.runner import Run
+    from clustkit.engine.build import build_run, loss_callers
+    from clustkit.engine.step import train_step
     from clustkit.recipe import load
 
     fitted = _fit_groups(method, batch)
@@ -125,14 +125,12 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
                  f"run.precision={args.precision}", f"run.channels_last={'true' if args.channels_last else 'false'}",
                  "run.eval_every=0", "run.num_workers=0", *fitted]
     recipe = load(REPO / "recipes" / f"{method}.toml", plugins.registry, overrides, installed_plugins=list(plugins.info))
-    run = Run(recipe, plugins, None)
     with contextlib.redirect_stderr(io.StringIO()):
-        ctx = run.build()
+        ctx = build_run(recipe, plugins, None)
         ctx.hook.on_run_start(ctx=ctx)
         ctx.hook.on_epoch_start(ctx=ctx)
-    assert ctx.model is not None and ctx.source is not None
     ctx.model.train()
-    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    losses = loss_callers(ctx.pm, ctx.components, [k for k in ctx.components if k.startswith("losses.")])
     cuda = ctx.device.type == "cuda"
 
     def batches(source: Any) -> Any:
@@ -143,8 +141,8 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
 
     it = batches(ctx.source)
     for _ in range(args.warmup):
-        x, y, idx = next(it)
-        run._step(ctx, x, y, idx, params)
+        x, _, _ = batch = next(it)
+        train_step(ctx, batch, losses)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -153,8 +151,8 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        x, y, idx = next(it)
-        run._step(ctx, x, y, idx, params)
+        x, _, _ = batch = next(it)
+        train_step(ctx, batch, losses)
         if cuda and args.sync_each_step:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -174,7 +172,7 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
         "peak_rss_mb": _status_mb("VmHWM") if reset else None, "rss_before_mb": rss_before,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
-    del ctx, run, params, it
+    del ctx, losses, it
     _trim()
     return row
 
@@ -211,7 +209,7 @@ def main() -> None:
 
     import torch
 
-    from clustkit.plugins import get_plugins
+    from clustkit.plugin_system.manager import get_plugins
 
     if args.threads:
         torch.set_num_threads(args.threads)

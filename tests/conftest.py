@@ -85,7 +85,7 @@ def tiny_recipe(tmp_path: Path) -> Path:
 @pytest.fixture
 def plugin_set() -> Callable[..., Any]:
     """A fresh PluginSet with this repo's plugins plus any extra test plugin objects."""
-    from clustkit.plugins import PluginSet
+    from clustkit.plugin_system.manager import PluginSet
 
     def make(*extra: tuple[str, Any]) -> PluginSet:
         ps = PluginSet()
@@ -99,7 +99,7 @@ def plugin_set() -> Callable[..., Any]:
 
 def run_recipe(path: Path, plugins: Any, out: Path | None, overrides: list[str] | None = None,
                resume: bool = False) -> dict[str, Any]:
-    from clustkit.engine.runner import Run
+    from clustkit.engine.run import Run
     from clustkit.recipe import load
 
     recipe = load(path, plugins.registry, overrides or [])

@@ -1,4 +1,4 @@
-"""Naive references written from the formulas (methods.md §1.3), loop by loop, shared by the
+"""Naive references written from the formulas (docs/methods/cc.md), loop by loop, shared by the
 loss tests of the core and of every plugin that reuses CC's two contrasts."""
 
 from __future__ import annotations

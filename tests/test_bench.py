@@ -30,7 +30,7 @@ def _app() -> typer.Typer:
 
     if any(c.name == "bench" or getattr(c.callback, "__name__", "") == "bench" for c in app.registered_commands):
         return app
-    from clustkit.bench import bench
+    from clustkit.bench.command import bench
 
     local = typer.Typer()
     local.command()(bench)
@@ -65,7 +65,7 @@ def runs_by_key(out: Path) -> dict[tuple[str, int], dict]:
 
 
 def test_grid_values_are_toml_and_split_at_top_level_commas() -> None:
-    from clustkit.benchfile import parse_grid_option, split_values
+    from clustkit.bench.plan import parse_grid_option, split_values
 
     assert split_values('1, "a,b", [1, 2], {x = 1, y = "z"}') == ['1', '"a,b"', '[1, 2]', '{x = 1, y = "z"}']
     axis = parse_grid_option('views={name="tensor_affine", degrees=5},{name="cc_weak"}')
@@ -76,7 +76,7 @@ def test_grid_values_are_toml_and_split_at_top_level_commas() -> None:
 
 
 def test_bench_file_cells_are_recipes_times_axes(tmp_path: Path) -> None:
-    from clustkit.benchfile import build_plan
+    from clustkit.bench.plan import build_plan
 
     f = tmp_path / "b.toml"
     f.write_text(f"""
@@ -229,7 +229,7 @@ def test_unset_environment_variable_fails_the_cell(tmp_path: Path, monkeypatch: 
 
 
 def test_error_text_from_a_child_log(tmp_path: Path) -> None:
-    from clustkit.bench import _error_from_log
+    from clustkit.bench.execute import _error_from_log
 
     log = tmp_path / "bench.log"
     log.write_text("epoch 1\nerror: invalid recipe x.toml: key 'data.root': not found.\n")

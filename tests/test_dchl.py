@@ -1,5 +1,5 @@
-"""DCHL plugin: in-batch k-means and every loss against naive loops written from the formulas
-(methods.md §3.2), K_f >= batch handling, zero-weight terms, the shared trunk, a tiny run."""
+"""DCHL plugin: in-batch k-means and the group terms against naive loops written from the formulas
+(docs/methods/dchl.md), K_f >= batch handling, zero-weight terms, the shared trunk, a tiny run."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from clustkit import BuildContext, ClusterContrast, ClusterContrastConfig, InstanceContrast, InstanceContrastConfig
 from clustkit.errors import RecipeError
-from clustkit_dchl import ClusterConfig, GroupConfig, InstanceConfig
-from clustkit_dchl import components as C
-from naive import naive_cluster_contrast as naive_cluster, naive_nt_xent
+from clustkit_dchl import GroupConfig
+from clustkit_dchl import group_loss as C
 from conftest import REPO, run_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -78,10 +78,10 @@ class FakeOut:
         return self.heads[(view, name)]
 
 
-def fake_ctx(key: str = "losses.group", batch: int = 256, views=("weak1", "weak2", "strong")):
+def fake_ctx(key: str = "losses.group", batch: int = 256, views=("weak1", "weak2", "strong")) -> BuildContext:
     recipe = SimpleNamespace(path="t.toml", heads={"instance": 0, "cluster": 0, "fine": 0},
                              run=SimpleNamespace(batch_size=batch), views=SimpleNamespace(name="fake"))
-    return SimpleNamespace(current_key=key, recipe=recipe, components={"views": SimpleNamespace(view_names=list(views))})
+    return BuildContext(recipe, key, torch.device("cpu"), view_names=tuple(views))
 
 
 def unit(n: int, d: int, seed: int) -> torch.Tensor:
@@ -163,17 +163,14 @@ def assert_same(a: torch.Tensor, b: torch.Tensor, inputs: list[torch.Tensor]) ->
             assert torch.allclose(ga, gb, atol=1e-10)
 
 
-def test_instance_and_cluster_losses_match_naive_loops():
-    h = heads3()
-    pairs = [("weak1", "weak2"), ("weak2", "strong")]
-    inst = C.DCHLInstance(InstanceConfig(name="dchl_instance", pairs=pairs, weight=0.7), fake_ctx("losses.instance"))
-    value = inst.compute_loss(FakeOut(h), None)["instance"]
-    ref = 0.7 * sum(naive_nt_xent(h[(u, "instance")], h[(v, "instance")], 0.5) for u, v in pairs)
-    assert_same(value, ref, [h[(v, "instance")] for v in ("weak1", "weak2", "strong")])
-    clu = C.DCHLCluster(ClusterConfig(name="dchl_cluster", pairs=pairs), fake_ctx("losses.cluster"))
-    value = clu.compute_loss(FakeOut(h), None)["cluster"]
-    ref = sum(naive_cluster(h[(u, "cluster")], h[(v, "cluster")], 1.0, 1.0) for u, v in pairs)
-    assert_same(value, ref, [h[(v, "cluster")] for v in ("weak1", "weak2", "strong")])
+def test_dchl_registers_the_core_contrasts_under_its_names(plugin_set):
+    """L_ins and L_clu are CC's two contrasts (tested against naive loops in test_losses.py)."""
+    registry = plugin_set().registry
+    for name, cls, config in (("dchl_instance", InstanceContrast, InstanceContrastConfig),
+                              ("dchl_cluster", ClusterContrast, ClusterContrastConfig)):
+        spec = registry.get("loss", name)
+        assert spec.build(spec.config_model()(name=name), fake_ctx()).__class__ is cls
+        assert spec.config_model() is config
 
 
 @pytest.mark.parametrize("k", [3, 4, 12])  # 12 >= batch 10: the degenerate (reference) case
@@ -183,13 +180,13 @@ def test_self_and_cross_terms_match_naive_loops(k):
     cfg = GroupConfig(name="dchl_group", pairs=pairs, groups=k, temperature=0.2, self_weight=0.5, cross_weight=2.0,
                       weight=1.5, allow_degenerate=True)
     terms = C.DCHLGroup(cfg, fake_ctx(batch=10)).compute_loss(FakeOut(h), None)
-    assert set(terms) == {"group_self", "group_cross"}
+    assert set(terms) == {"self", "cross"}  # the engine names them group_self, group_cross and applies weight
     km = {}
     for v in ("weak1", "weak2", "strong"):
         labels, _ = naive_kmeans(h[(v, "fine")].tolist(), k, 5)
         km[v] = (labels, naive_centroids(h[(v, "fine")], labels, k))
-    for term, w, head in (("group_self", 0.5, "fine"), ("group_cross", 2.0, "instance")):
-        ref = 1.5 * w * sum(naive_group_term(h[(u, head)], h[(v, head)], km[u][0], km[v][0], km[u][1], km[v][1], 0.2)
+    for term, w, head in (("self", 0.5, "fine"), ("cross", 2.0, "instance")):
+        ref = w * sum(naive_group_term(h[(u, head)], h[(v, head)], km[u][0], km[v][0], km[u][1], km[v][1], 0.2)
                             for u, v in pairs)
         inputs = [h[(v, x)] for v in ("weak1", "weak2", "strong") for x in ("fine", "instance")]
         assert_same(terms[term], ref, inputs)
@@ -214,7 +211,7 @@ def test_zero_weight_terms_are_not_computed(monkeypatch):
     h = heads3()
     pairs = [("weak1", "weak2"), ("weak2", "strong")]
     only_cross = C.DCHLGroup(GroupConfig(name="dchl_group", pairs=pairs, groups=3, self_weight=0), fake_ctx())
-    assert set(only_cross.compute_loss(FakeOut(h), None)) == {"group_cross"}
+    assert set(only_cross.compute_loss(FakeOut(h), None)) == {"cross"}
     assert len(calls) == 3  # one k-means per view, shared by both pairs
     calls.clear()
     none = C.DCHLGroup(GroupConfig(name="dchl_group", pairs=pairs, groups=3, self_weight=0, cross_weight=0), fake_ctx())
@@ -238,7 +235,7 @@ def test_pairs_naming_missing_views_are_rejected():
 
 
 def test_recipe_build_shares_the_trunk_and_rejects_big_kf(plugin_set):
-    from clustkit.engine.runner import Run
+    from clustkit.engine.run import Run
     from clustkit.recipe import load
 
     ps = plugin_set()

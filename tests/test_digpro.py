@@ -1,5 +1,5 @@
 """DigPro plugin: each equation against a naive loop on hand-made tensors, the EMA and
-double-EMA steps, checkpointed state, and a tiny end-to-end run (methods.md §5)."""
+double-EMA steps, checkpointed state, and a tiny end-to-end run (docs/methods/digpro.md)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from clustkit.engine.runner import Run, ema_update
+from clustkit.engine.network import ema_update
+from clustkit.engine.run import Run
 from clustkit.errors import RecipeError
 from clustkit.recipe import load
-from clustkit_digpro.components import (
+from clustkit_digpro.losses import (
     byol_loss,
     cluster_prototypes,
     group_loss,
@@ -293,7 +294,7 @@ def test_double_ema_step_in_update_prototypes(digpro_recipe: Path, plugin_set) -
     with torch.no_grad():
         for p in ctx.model.parameters():
             p.add_(0.1)
-    from clustkit.engine.outputs import StepOutputs
+    from clustkit.engine.step import StepOutputs
 
     x, y, idx = next(ctx.source.train_batches(0))
     out = StepOutputs(ctx, x, y, idx, ctx.hook.make_views(images=x, train=True, ctx=ctx))
@@ -336,7 +337,7 @@ def test_tiny_run_end_to_end_and_checkpoint_round_trip(digpro_recipe: Path, plug
     ctx = run2.build()
     group, proto = ctx.components["losses.group"], ctx.components["losses.proto"]
     assert not torch.equal(group.groups.cpu(), groups)
-    assert run2.restore(ctx)
+    assert ctx.checkpointer.restore(ctx)
     assert torch.equal(group.groups.cpu(), groups) and torch.equal(group.bank.cpu(), bank)
     assert (group.ptr, group.filled, group.resets) == (state["losses.group.ptr"], 256, state["losses.group.resets"])
     assert torch.equal(proto.pseudo_labels.cpu(), labels) and proto.labelled_epoch == 1

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clustkit import dist as cdist
-from clustkit.losses import cluster_contrast, nt_xent
+from clustkit.losses.contrast import cluster_contrast, nt_xent
 from conftest import clustkit_exe
 
 N, D, K = 12, 6, 4

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from clustkit import hookspecs
+from clustkit.plugin_system import hookspecs
 from conftest import REPO, run_recipe
 
 RECIPE = """
@@ -52,7 +52,7 @@ def _load_recorder() -> Any:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from clustkit.plugins import PluginSet
+    from clustkit.plugin_system.manager import PluginSet
 
     rec = _load_recorder()
     ps = PluginSet()
@@ -121,7 +121,7 @@ def test_hook_on_epoch_start(recorded: dict[str, Any]) -> None:
 
 def test_hook_on_epoch_end(recorded: dict[str, Any]) -> None:
     logs = names(recorded["calls"], "on_epoch_end")
-    assert len(logs) == 2 and "recorder" in logs[0] and "loss" in logs[0]
+    assert len(logs) == 2 and "rec" in logs[0] and "loss" in logs[0]  # the term is named after [losses.rec]
     lines = [json.loads(l) for l in (recorded["out"] / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["losses"]["recorder_updates"] == 42.0  # what the hook added was recorded
 

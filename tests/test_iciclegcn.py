@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from clustkit.engine.context import Network
-from clustkit.engine.outputs import StepOutputs
-from clustkit.losses import cluster_contrast
+from clustkit import (BuildContext, ClusterContrast, ClusterContrastConfig, InstanceContrast,
+                      InstanceContrastConfig)
+from clustkit.engine.network import Network
+from clustkit.engine.step import StepOutputs
+from clustkit.losses.contrast import cluster_contrast
 from clustkit_iciclegcn import GCNRefinerConfig, ReconLossConfig
-from clustkit_iciclegcn.components import ClusterLoss, InstanceLoss, ReconLoss
-from clustkit_iciclegcn.modules import (GCNLayer, JCSlimAE, Trident, build_graphs, fuse, kl_to, student_t,
-                                        target_distribution)
+from clustkit_iciclegcn.autoencoder import JCSlimAE, ReconLoss
+from clustkit_iciclegcn.gcn import GCNLayer, Trident, build_graphs, fuse, kl_to, student_t, target_distribution
 from naive import naive_cluster_contrast, naive_nt_xent
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,7 +184,7 @@ def test_trident_matches_naive(share: bool) -> None:
 def make_step(seed: int = 0) -> tuple[StepOutputs, SimpleNamespace, dict[str, torch.Tensor]]:
     torch.manual_seed(seed)
     backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Tanh())
-    from clustkit.heads import MLPHead
+    from clustkit.nn.heads import MLPHead
 
     heads = {"instance": MLPHead(8, [8], 4, output="l2"), "cluster": JCSlimAE(8, [6, 6, 10], 3)}
     net = Network(backbone, heads).double()
@@ -194,21 +195,19 @@ def make_step(seed: int = 0) -> tuple[StepOutputs, SimpleNamespace, dict[str, to
     return out, ctx, views
 
 
-def cfg(**kw: object) -> SimpleNamespace:
-    base = dict(weight=1.0, head="cluster", pairs=[("weak1", "weak2")], temperature=1.0, entropy_weight=1.0)
-    base.update(kw)
-    return SimpleNamespace(**base)
+def build_ctx(key: str) -> BuildContext:
+    return BuildContext(SimpleNamespace(path="t.toml"), key, torch.device("cpu"), view_names=("weak1", "weak2"))
 
 
 def test_ccs_code_of_each_view_comes_from_that_views_features() -> None:
-    """The reference computes view b's code from view a's features (methods.md §4.3)."""
+    """The reference computes view b's code from view a's features (docs/methods/iciclegcn.md)."""
     out, ctx, views = make_step()
     net = ctx.model
-    loss = ClusterLoss(cfg(), SimpleNamespace(current_key="losses.cluster"))
-    ca, cb = loss.codes(out, "weak1", "weak2")
+    loss = ClusterContrast(ClusterContrastConfig(name="iciclegcn_ccs"), build_ctx("losses.cluster"))
+    cb = out.head("weak2", "cluster")
     torch.testing.assert_close(cb, net.heads["cluster"](net.backbone(views["weak2"])))
     assert not torch.allclose(cb, net.heads["cluster"](net.backbone(views["weak1"])))
-    value = loss.compute_loss(out, ctx)["cluster"]
+    value = loss.compute_loss(out, ctx)
     fa, fb = net.backbone(views["weak1"]), net.backbone(views["weak2"])
     ae = net.heads["cluster"]
     torch.testing.assert_close(value, naive_cluster_contrast(ae(fa), ae(fb), 1.0, 1.0))
@@ -221,11 +220,11 @@ def test_ccs_code_of_each_view_comes_from_that_views_features() -> None:
 def test_stage1_losses_and_gradients_match_naive() -> None:
     out, ctx, views = make_step(seed=2)
     net = ctx.model
-    key = SimpleNamespace(current_key="losses.x")
-    cis = InstanceLoss(cfg(head="instance", temperature=0.5, weight=0.7), key).compute_loss(out, ctx)["x"]
-    ccs = ClusterLoss(cfg(weight=1.3), key).compute_loss(out, ctx)["x"]
-    rcfg = ReconLossConfig(name="iciclegcn_re", weight=0.5)
-    re = ReconLoss(rcfg, key).compute_loss(out, ctx)["x"]
+    key = build_ctx("losses.x")
+    # the engine multiplies each component's value by its recipe weight (0.7, 1.3, 0.5 here)
+    cis = 0.7 * InstanceContrast(InstanceContrastConfig(name="iciclegcn_cis"), key).compute_loss(out, ctx)
+    ccs = 1.3 * ClusterContrast(ClusterContrastConfig(name="iciclegcn_ccs"), key).compute_loss(out, ctx)
+    re = 0.5 * ReconLoss(ReconLossConfig(name="iciclegcn_re"), key).compute_loss(out, ctx)
     total = cis + ccs + re
     grads = torch.autograd.grad(total, [views["weak1"], views["weak2"], *net.parameters()])
 
@@ -250,7 +249,7 @@ def test_stage1_losses_and_gradients_match_naive() -> None:
 def test_recon_detach_target_stops_the_target_gradient() -> None:
     out, ctx, views = make_step(seed=4)
     rcfg = ReconLossConfig(name="iciclegcn_re", detach_target=True, views=["weak2"])
-    re = ReconLoss(rcfg, SimpleNamespace(current_key="losses.re")).compute_loss(out, ctx)["re"]
+    re = ReconLoss(rcfg, build_ctx("losses.re")).compute_loss(out, ctx)
     net = ctx.model
     f = net.backbone(views["weak2"])
     ref = ((net.heads["cluster"].decode(net.heads["cluster"](f)) - f.detach()) ** 2).sum() / 6
@@ -271,12 +270,10 @@ TINY = ["run.epochs=2", "run.eval_every=1", "run.batch_size=128", "backbone.widt
 
 
 def _run(out: Path, overrides: list[str], resume: bool = False) -> dict:
-    from clustkit import recipe as recipe_mod
-    from clustkit.engine.runner import Run
-    from clustkit.plugins import get_plugins
+    from clustkit.cli.app import load_recipe
+    from clustkit.engine.run import Run
 
-    plugins = get_plugins()
-    r = recipe_mod.load(RECIPE, plugins.registry, overrides, installed_plugins=list(plugins.info))
+    r, plugins = load_recipe(RECIPE, overrides)
     return Run(r, plugins, out).execute(resume=resume)
 
 

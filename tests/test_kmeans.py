@@ -1,4 +1,4 @@
-"""Tests for clustkit.kmeans (FAISS and torch backends)."""
+"""Tests for clustkit.cluster.kmeans (FAISS and torch backends)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from clustkit.kmeans import KMeansResult, faiss_available, kmeans, torch_kmeans
+from clustkit.cluster.kmeans import KMeansResult, faiss_available, kmeans, torch_kmeans
 
 # faiss is a dependency of clustkit (faiss-cpu, or faiss-gpu on GPU machines): a missing faiss
 # fails these tests rather than skipping them.
@@ -104,7 +104,7 @@ def test_torch_reseeds_empty_clusters_with_duplicates() -> None:
 
 def test_torch_empty_cluster_from_bad_init_is_repaired() -> None:
     # Lloyd started from a centre far from every point leaves that cluster empty.
-    from clustkit import kmeans as km
+    from clustkit.cluster import kmeans as km
 
     x = torch.tensor([[0.0], [0.2], [5.0], [5.2], [9.0], [9.2]])
     x_sq = (x * x).sum(1)
@@ -150,7 +150,7 @@ def test_faiss_gpu_path_is_the_cpu_call_with_gpu_set(monkeypatch: pytest.MonkeyP
     and then run on its CPU twin, whose result must be the CPU path's."""
     import faiss
 
-    import clustkit.kmeans as km
+    import clustkit.cluster.kmeans as km
 
     real, seen = faiss.Kmeans, []
 
@@ -196,7 +196,7 @@ def test_faiss_backend_missing_raises_import_error(monkeypatch: pytest.MonkeyPat
 
 def test_module_imports_do_not_import_torch() -> None:
     code = (
-        "import sys, clustkit.kmeans, clustkit.metrics, clustkit.neighbors\n"
+        "import sys, clustkit.cluster.kmeans, clustkit.cluster.metrics, clustkit.cluster.neighbors\n"
         "assert 'torch' not in sys.modules, 'torch imported at module level'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,13 +1,19 @@
-"""The shared CC-family losses against naive loops written from the formulas (methods.md §1.3)."""
+"""The shared CC-family losses against naive loops written from the formulas (docs/methods/cc.md):
+the equations, the one instance- and cluster-contrast component that CC, SACC, DCHL and IcicleGCN
+register, and how the engine names and weights the terms a loss returns."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from clustkit.losses import assignment_entropy_gap, cluster_contrast, nt_xent
+from clustkit import (BuildContext, ClusterContrast, ClusterContrastConfig, InstanceContrast, InstanceContrastConfig,
+                      RecipeError)
+from clustkit.engine.step import loss_terms
+from clustkit.losses.contrast import assignment_entropy_gap, cluster_contrast, nt_xent
 from naive import naive_cluster_contrast, naive_nt_xent
 
 
@@ -74,3 +80,75 @@ def test_entropy_gap_extremes() -> None:
 def test_cluster_contrast_gradcheck() -> None:
     a, b = _pair(5, 3, seed=3)
     assert torch.autograd.gradcheck(lambda x, y: cluster_contrast(x.softmax(1), y.softmax(1)), (a, b))
+
+
+# ----------------------------------------------------------------------------- the components
+
+
+VIEWS = ("weak1", "weak2", "strong")
+
+
+class FakeOut:
+    """StepOutputs stand-in: head outputs by (view, head)."""
+
+    def __init__(self, heads: dict[tuple[str, str], torch.Tensor]):
+        self.heads = heads
+        self.extras: dict = {}
+
+    def head(self, view: str, name: str) -> torch.Tensor:
+        return self.heads[(view, name)]
+
+
+def build_ctx(key: str, views: tuple[str, ...] = VIEWS) -> BuildContext:
+    recipe = SimpleNamespace(path="t.toml", views=SimpleNamespace(name="fake"))
+    return BuildContext(recipe, key, torch.device("cpu"), view_names=views)
+
+
+def heads3(n: int = 10, k: int = 3, d: int = 4) -> dict[tuple[str, str], torch.Tensor]:
+    out = {}
+    for i, v in enumerate(VIEWS):
+        g = torch.Generator().manual_seed(i)
+        out[(v, "instance")] = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_(True)
+        out[(v, "cluster")] = torch.randn(n, k, generator=g, dtype=torch.float64).softmax(1).detach().requires_grad_(True)
+    return out
+
+
+def assert_same(a: torch.Tensor, b: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+    assert torch.allclose(a, b, atol=1e-10), (float(a), float(b))
+    for ga, gb in zip(torch.autograd.grad(a, inputs, retain_graph=True), torch.autograd.grad(b, inputs, retain_graph=True)):
+        assert torch.allclose(ga, gb, atol=1e-10)
+
+
+def test_contrast_components_sum_over_pairs_like_naive_loops() -> None:
+    h = heads3()
+    pairs = [("weak1", "weak2"), ("weak2", "strong")]
+    inst = InstanceContrast(InstanceContrastConfig(name="instance_contrast", pairs=pairs), build_ctx("losses.instance"))
+    ref = sum(naive_nt_xent(h[(u, "instance")], h[(v, "instance")], 0.5) for u, v in pairs)
+    assert_same(inst.compute_loss(FakeOut(h), None), ref, [h[(v, "instance")] for v in VIEWS])
+    clu = ClusterContrast(ClusterContrastConfig(name="cluster_contrast", pairs=pairs, temperature=0.7),
+                          build_ctx("losses.cluster"))
+    ref = sum(naive_cluster_contrast(h[(u, "cluster")], h[(v, "cluster")], 0.7, 1.0) for u, v in pairs)
+    assert_same(clu.compute_loss(FakeOut(h), None), ref, [h[(v, "cluster")] for v in VIEWS])
+
+
+def test_pairs_are_checked_against_the_view_generator_when_built() -> None:
+    with pytest.raises(RecipeError, match=r"losses.instance.pairs\[1\].*'strong'.*Allowed values: weak1, weak2"):
+        InstanceContrast(InstanceContrastConfig(name="x", pairs=[("weak1", "weak2"), ("weak1", "strong")]),
+                         build_ctx("losses.instance", ("weak1", "weak2")))
+    with pytest.raises(RecipeError, match=r"losses.instance.pairs\[0\].*itself"):
+        InstanceContrast(InstanceContrastConfig(name="x", pairs=[("weak1", "weak1")]), build_ctx("losses.instance"))
+
+
+def test_engine_names_terms_after_recipe_keys_and_applies_weights() -> None:
+    """A tensor becomes the term ``<id>``, a dict ``<id>_<part>``; each is multiplied by the weight."""
+    t1, t2, t3 = torch.tensor(2.0), torch.tensor(3.0), torch.tensor(5.0)
+    recipe = SimpleNamespace(losses={"instance": SimpleNamespace(weight=0.5), "group": SimpleNamespace(weight=2.0)})
+    ctx = SimpleNamespace(recipe=recipe)
+    losses = {"instance": lambda out, ctx: [t1], "group": lambda out, ctx: [{"self": t2, "cross": t3}]}
+    terms = loss_terms(ctx, None, losses)
+    assert list(terms) == ["group_self", "group_cross", "instance"]  # called last first, as pluggy calls hooks
+    assert [float(v) for v in terms.values()] == [6.0, 10.0, 1.0]
+    with pytest.raises(RuntimeError, match="named 'instance'"):
+        loss_terms(ctx, None, {"instance": lambda out, ctx: [t1, t1]})  # two answers, one name
+    with pytest.raises(RuntimeError, match="no loss term"):
+        loss_terms(ctx, None, {"group": lambda out, ctx: [{}]})

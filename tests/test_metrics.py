@@ -1,4 +1,4 @@
-"""Tests for clustkit.metrics: ACC against brute force, NMI/ARI against sklearn."""
+"""Tests for clustkit.cluster.metrics: ACC against brute force, NMI/ARI against sklearn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from clustkit.metrics import assignment_stats, cluster_acc, cluster_sizes, evaluate_clustering
+from clustkit.cluster.metrics import assignment_stats, cluster_acc, cluster_sizes, evaluate_clustering
 
 
 def brute_force_acc(labels: np.ndarray, pred: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""Tests for clustkit.neighbors: kNN against brute force, kNN graph against a dense build."""
+"""Tests for clustkit.cluster.neighbors: kNN against brute force, kNN graph against a dense build."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from clustkit import neighbors
-from clustkit.neighbors import knn, knn_graph
+from clustkit.cluster import neighbors
+from clustkit.cluster.neighbors import knn, knn_graph
 
 BACKENDS = [
     "faiss",  # a dependency: missing faiss fails rather than skips

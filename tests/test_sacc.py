@@ -1,5 +1,5 @@
 """SACC plugin: the strong augmentation (deterministic, changes images, batched == per image),
-the view generator, pair sets, losses against naive loops (methods.md §2.3), zero weights,
+the view generator, pair sets, losses against naive loops (docs/methods/sacc.md), zero weights,
 the view grid and a tiny run."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from clustkit import BuildContext, ClusterContrast, InstanceContrast
 from clustkit.errors import RecipeError
 from clustkit_sacc import (OP_NAMES, TRAIN_PY_CLUSTER_PAIRS, TRAIN_PY_INSTANCE_PAIRS, SACCClusterConfig,
                            SACCInstanceConfig, SACCViewsConfig)
-from clustkit_sacc import components as C
+from clustkit_sacc import views as C
 from clustkit_sacc.randaugment import RandAugment, apply_op
 from naive import naive_cluster_contrast as naive_cluster, naive_nt_xent
 from conftest import REPO, run_recipe
@@ -34,10 +35,9 @@ def rgb(n: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
 
 
-def views_ctx(channels: int = 1, size: int = 8):
+def views_ctx(channels: int = 1, size: int = 8) -> BuildContext:
     recipe = SimpleNamespace(path="t.toml", views=SimpleNamespace(name="sacc"))
-    return SimpleNamespace(current_key="views", recipe=recipe, in_channels=channels, image_size=(size, size),
-                           components={})
+    return BuildContext(recipe, "views", torch.device("cpu"), in_channels=channels, image_size=(size, size))
 
 
 # ----------------------------------------------------------------------------- RandAugment
@@ -148,9 +148,9 @@ class FakeOut:
         return self.heads[(view, name)]
 
 
-def loss_ctx(key: str, views=("weak1", "weak2", "strong")):
+def loss_ctx(key: str, views=("weak1", "weak2", "strong")) -> BuildContext:
     recipe = SimpleNamespace(path="t.toml", views=SimpleNamespace(name="sacc"))
-    return SimpleNamespace(current_key=key, recipe=recipe, components={"views": SimpleNamespace(view_names=list(views))})
+    return BuildContext(recipe, key, torch.device("cpu"), view_names=tuple(views))
 
 
 def three_views(n: int = 8, k: int = 3, d: int = 5):
@@ -168,7 +168,10 @@ def check(value, ref, inputs):
         assert torch.allclose(ga, gb, atol=1e-10)
 
 
-def test_default_pairs_follow_train_py():
+def test_default_pairs_follow_train_py(plugin_set):
+    registry = plugin_set().registry
+    assert registry.get("loss", "sacc_instance").config_model() is SACCInstanceConfig
+    assert registry.get("loss", "sacc_cluster").config_model() is SACCClusterConfig
     assert SACCInstanceConfig(name="sacc_instance").pairs == [("weak1", "weak2"), ("weak2", "strong")]
     assert SACCClusterConfig(name="sacc_cluster").pairs == [("weak1", "weak2"), ("weak1", "strong"),
                                                             ("weak2", "strong")]
@@ -179,32 +182,32 @@ def test_default_pairs_follow_train_py():
 def test_losses_match_naive_loops_over_the_pair_set(pairs):
     h = three_views()
     extra = {} if pairs is None else {"pairs": pairs}
-    inst = C.SACCInstance(SACCInstanceConfig(name="sacc_instance", **extra), loss_ctx("losses.instance"))
-    clu = C.SACCCluster(SACCClusterConfig(name="sacc_cluster", weight=0.5, **extra), loss_ctx("losses.cluster"))
+    inst = InstanceContrast(SACCInstanceConfig(name="sacc_instance", **extra), loss_ctx("losses.instance"))
+    clu = ClusterContrast(SACCClusterConfig(name="sacc_cluster", weight=0.5, **extra), loss_ctx("losses.cluster"))
     ins_pairs = pairs or TRAIN_PY_INSTANCE_PAIRS
     clu_pairs = pairs or TRAIN_PY_CLUSTER_PAIRS
     views = ("weak1", "weak2", "strong")
-    value = inst.compute_loss(FakeOut(h), None)["instance"]
+    value = inst.compute_loss(FakeOut(h), None)
     ref = sum(naive_nt_xent(h[(u, "instance")], h[(v, "instance")], 0.5) for u, v in ins_pairs)
     check(value, ref, [h[(v, "instance")] for v in views])
-    value = clu.compute_loss(FakeOut(h), None)["cluster"]
-    ref = 0.5 * sum(naive_cluster(h[(u, "cluster")], h[(v, "cluster")], 1.0, 1.0) for u, v in clu_pairs)
+    value = clu.compute_loss(FakeOut(h), None)  # unweighted: the engine applies sigma (weight)
+    ref = sum(naive_cluster(h[(u, "cluster")], h[(v, "cluster")], 1.0, 1.0) for u, v in clu_pairs)
     check(value, ref, [h[(v, "cluster")] for v in views])
 
 
 def test_pairs_must_name_produced_views():
     with pytest.raises(RecipeError, match=r"losses.instance.pairs\[1\].*'strong2'"):
-        C.SACCInstance(SACCInstanceConfig(name="sacc_instance", pairs=[("weak1", "weak2"), ("weak1", "strong2")]),
-                       loss_ctx("losses.instance"))
+        InstanceContrast(SACCInstanceConfig(name="sacc_instance", pairs=[("weak1", "weak2"), ("weak1", "strong2")]),
+                         loss_ctx("losses.instance"))
     with pytest.raises(RecipeError, match="itself"):
-        C.SACCInstance(SACCInstanceConfig(name="sacc_instance", pairs=[("weak1", "weak1")]), loss_ctx("losses.i"))
+        InstanceContrast(SACCInstanceConfig(name="sacc_instance", pairs=[("weak1", "weak1")]), loss_ctx("losses.i"))
 
 
 # ----------------------------------------------------------------------------- through the engine
 
 
 def test_recipe_pairs_and_zero_weight(plugin_set):
-    from clustkit.engine.runner import Run
+    from clustkit.engine.run import Run
     from clustkit.recipe import load
 
     ps = plugin_set()
@@ -229,7 +232,7 @@ def test_tiny_sacc_run_end_to_end(plugin_set, tmp_path: Path):
 
 
 def test_view_grid_png(tmp_path: Path):
-    from clustkit.viewgrid import save_view_grid, view_rows
+    from clustkit.cli.viewgrid import save_view_grid, view_rows
 
     rows = view_rows(str(REPO / "recipes" / "sacc.toml"), ["backbone.width=8"], n_images=4)
     assert list(rows) == ["original", "weak1", "weak2", "strong"]

@@ -85,17 +85,17 @@ def test_unlabeled_split_loads_only_the_unlabelled_images(tmp_path: Path) -> Non
 
 def test_each_epoch_trains_unlabelled_items_on_the_listed_losses_only(stl_recipe: Path, tmp_path: Path,
                                                                      plugin_set, monkeypatch) -> None:
-    from clustkit.engine import runner
+    from clustkit.engine import run
 
     seen: list[tuple[str, int, tuple[str, ...]]] = []
-    step = runner.Run._step
+    step = run.train_step
 
-    def spy(self, ctx, x, y, idx, params, compute_loss=None):
-        terms = step(self, ctx, x, y, idx, params, compute_loss)
-        seen.append((ctx.current_pass, int((y >= 0).sum()), tuple(sorted(k for k in terms if k != "loss"))))
+    def spy(ctx, batch, losses):
+        terms = step(ctx, batch, losses)
+        seen.append((ctx.current_pass, int((batch[1] >= 0).sum()), tuple(sorted(k for k in terms if k != "loss"))))
         return terms
 
-    monkeypatch.setattr(runner.Run, "_step", spy)
+    monkeypatch.setattr(run, "train_step", spy)
     summary = run_recipe(stl_recipe, plugin_set(), tmp_path / "out")
     # per epoch: 24 unlabelled images -> 3 steps on "instance" only, then 16 labelled -> 2 steps on both terms
     epoch = [("unlabeled", 0, ("instance",))] * 3 + [("data", 8, ("cluster", "instance"))] * 2

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clustkit import hookimpl
-from clustkit.registry import LossConfig, Registry
+from clustkit import HeadRef, LossConfig, Registry, hookimpl
 
 
 class AlignUniformConfig(LossConfig):
     """Recipe keys of ``[losses.<id>] name = "align_uniform"``; unknown keys are rejected."""
 
-    head: str = Field("instance", description="an L2-normalised head")
+    head: HeadRef = Field("instance", description="an L2-normalised head (the recipe must define it)")
     view_a: str = "weak1"
     view_b: str = "weak2"
     alpha: float = Field(2.0, gt=0, description="exponent of the alignment distance")

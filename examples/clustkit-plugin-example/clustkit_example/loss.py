@@ -1,4 +1,8 @@
-"""The ``align_uniform`` loss component (imported only when a recipe uses it)."""
+"""The ``align_uniform`` loss component (imported only when a recipe uses it).
+
+It imports nothing from clustkit but ``hookimpl`` and the public types: the engine names the term
+after the recipe key (``[losses.uniform]`` -> ``uniform``) and multiplies it by ``weight``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Any
 
 import torch
 
-from clustkit import hookimpl
+from clustkit import BuildContext, RunContext, StepOutputs, hookimpl
 
 
 def align_uniform(z_a: torch.Tensor, z_b: torch.Tensor, alpha: float = 2.0, t: float = 2.0,
@@ -21,13 +25,10 @@ def align_uniform(z_a: torch.Tensor, z_b: torch.Tensor, alpha: float = 2.0, t: f
 
 
 class AlignUniform:
-    def __init__(self, cfg: Any, ctx: Any):
+    def __init__(self, cfg: Any, ctx: BuildContext):
         self.cfg = cfg
-        self.term = ctx.current_key.split(".")[-1]
 
     @hookimpl
-    def compute_loss(self, out: Any, ctx: Any) -> dict[str, torch.Tensor]:
+    def compute_loss(self, out: StepOutputs, ctx: RunContext) -> torch.Tensor:
         c = self.cfg
-        value = align_uniform(out.head(c.view_a, c.head), out.head(c.view_b, c.head), c.alpha, c.t,
-                              c.uniformity_weight)
-        return {self.term: c.weight * value}
+        return align_uniform(out.head(c.view_a, c.head), out.head(c.view_b, c.head), c.alpha, c.t, c.uniformity_weight)

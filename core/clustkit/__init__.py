@@ -1,0 +1,67 @@
+"""clustkit: deep image clustering with contrastive learning, built from pluggy plugins and TOML recipes.
+
+This module is the public API for plugin authors (docs/api.md): plugins, the built-in one
+included, import from here (and from the library modules ``clustkit.nn``, ``clustkit.losses``,
+``clustkit.cluster``, ``clustkit.data``, ``clustkit.dist``), never from the engine. Importing
+it is cheap (no torch), so that ``clustkit --help`` and ``clustkit plugins`` stay fast: the
+names that need torch are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from clustkit.errors import RecipeError, UserError
+from clustkit.losses.configs import ClusterContrastConfig, InstanceContrastConfig, PairLossConfig
+from clustkit.plugin_system.hookspecs import hookimpl
+from clustkit.plugin_system.registry import (ComponentConfig, HeadOrBackbone, HeadRef, LossConfig, Pair, Registry,
+                                             with_defaults)
+
+__version__ = "0.1.0"
+
+# name -> module, imported when the name is first used (these modules import torch)
+_LAZY = {
+    "BuildContext": "clustkit.engine.context",
+    "RunContext": "clustkit.engine.context",
+    "Prediction": "clustkit.engine.context",
+    "StepOutputs": "clustkit.engine.step",
+    "ema_update": "clustkit.engine.network",
+    "PairLoss": "clustkit.losses.pair",
+    "InstanceContrast": "clustkit.losses.pair",
+    "ClusterContrast": "clustkit.losses.pair",
+    "check_view_pairs": "clustkit.losses.pair",
+    "KMeansResult": "clustkit.cluster.kmeans",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
+    from clustkit.cluster.kmeans import KMeansResult
+    from clustkit.engine.context import BuildContext, Prediction, RunContext
+    from clustkit.engine.network import ema_update
+    from clustkit.engine.step import StepOutputs
+    from clustkit.losses.pair import ClusterContrast, InstanceContrast, PairLoss, check_view_pairs
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clustkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    # writing a plugin
+    "hookimpl", "Registry", "ComponentConfig", "LossConfig", "HeadRef", "HeadOrBackbone", "Pair", "with_defaults",
+    "RecipeError", "UserError",
+    # what components receive
+    "BuildContext", "RunContext", "StepOutputs", "Prediction", "KMeansResult",
+    # building blocks
+    "PairLoss", "PairLossConfig", "InstanceContrast", "InstanceContrastConfig", "ClusterContrast",
+    "ClusterContrastConfig", "check_view_pairs", "ema_update",
+    "__version__",
+]

@@ -1,0 +1,3 @@
+"""``clustkit bench``: what to run (``plan``: bench files and ``--grid`` axes), the state of each
+run folder (``tasks``), running the runs (``execute``), the results tables (``report``) and the
+command itself (``command``). See docs/bench.md."""

@@ -1,0 +1,236 @@
+"""Running the runs of a bench: each ``clustkit run`` in a child process (several at a time) or in
+this process (one at a time), with its log, peak memory and exit status recorded per run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from clustkit.atomic import atomic_write
+from clustkit.bench.tasks import RESOURCES, RunTask, read_json
+from clustkit.engine.run_folder import SUMMARY
+from clustkit.errors import UserError
+
+LOG = "bench.log"
+_CHILD = "from clustkit.bench.execute import child_main; child_main()"
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # data-loader workers
+    return max(own, kids) / scale
+
+
+def _gpu_peak_mb() -> float | None:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
+
+
+def child_main() -> None:
+    """``python -c _CHILD RESOURCES_JSON run RECIPE ...``: run the CLI, then report this process's peak memory."""
+    resources_path = Path(sys.argv[1])
+    args = sys.argv[2:]
+    t0 = time.perf_counter()
+    threads = int(os.environ.get("CLUSTKIT_BENCH_THREADS", "0") or 0)
+    code: int = 1
+    try:
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        from clustkit.cli import main
+
+        sys.argv = ["clustkit", *args]
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        info = {"peak_rss_mb": round(_peak_rss_mb(), 1), "peak_gpu_mb": _gpu_peak_mb(), "exit_code": code,
+                "process_wall_s": round(time.perf_counter() - t0, 3), "threads": threads or None,
+                "mode": "subprocess", "peak_rss_scope": "run process"}
+        if info["peak_gpu_mb"] is not None:
+            info["peak_gpu_mb"] = round(info["peak_gpu_mb"], 1)
+        atomic_write(resources_path, json.dumps(info, indent=2) + "\n")
+    sys.exit(code)
+
+
+def _error_from_log(log: Path, code: int) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    for ln in reversed(lines):
+        if ln.startswith("error:"):
+            return ln[len("error:"):].strip()
+    for ln in reversed(lines):
+        if not ln.startswith(("File ", "^", "~", "#")) and ("Error" in ln or "Exception" in ln):
+            return ln
+    return f"exit code {code}" + (f"; last output: {lines[-1]}" if lines else "")
+
+
+def _child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if threads > 0:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(threads)
+        env["CLUSTKIT_BENCH_THREADS"] = str(threads)
+    return env
+
+
+class Executor:
+    """Runs tasks as child processes (any number at a time) or in this process (one at a time)."""
+
+    def __init__(self, threads: int, timeout: float | None, in_process: bool):
+        self.threads = threads
+        self.timeout = timeout
+        self.in_process = in_process
+        self.procs: set[subprocess.Popen[bytes]] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def command(self, t: RunTask) -> list[str]:
+        cmd = ["clustkit", "run", str(t.cell.recipe.path), "--out", str(t.dir)]
+        for o in t.cell.run_overrides(t.seed):
+            cmd += ["--set", o]
+        if t.resume:
+            cmd.append("--resume")
+        return cmd
+
+    def run(self, t: RunTask) -> RunTask:
+        resume = t.resume
+        t.dir.mkdir(parents=True, exist_ok=True)
+        log = t.dir / LOG
+        (t.dir / RESOURCES).unlink(missing_ok=True)
+        with log.open("a") as fh:
+            fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(t.command)}\n")
+        try:
+            if self.in_process:
+                self._in_process(t, log, resume)
+            else:
+                self._subprocess(t, log)
+        except KeyboardInterrupt:
+            t.status = "pending"
+            if self.in_process:
+                raise
+            return t
+        except Exception as exc:  # never lose the other runs to one run's problem
+            t.status, t.error = "failed", f"{type(exc).__name__}: {exc}"
+            return t
+        t.resources = read_json(t.dir / RESOURCES)
+        t.summary = read_json(t.dir / SUMMARY) if t.status != "failed" else None
+        if self.stopping and t.summary is None:  # stopped by Ctrl-C: not a failure, the next invocation resumes it
+            t.status, t.error = "pending", None
+        elif t.status != "failed":
+            t.status = "resumed" if resume else "done"
+        return t
+
+    def _subprocess(self, t: RunTask, log: Path) -> None:
+        if self.stopping:
+            raise KeyboardInterrupt
+        argv = [sys.executable, "-c", _CHILD, str(t.dir / RESOURCES), *t.command[1:]]
+        with log.open("ab") as fh:
+            with self.lock:
+                if self.stopping:
+                    t.status = "pending"
+                    return
+                proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=_child_env(self.threads))
+                self.procs.add(proc)
+            try:
+                code = proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                t.status, t.error = "failed", f"timed out after {self.timeout:g} s (--timeout)"
+                return
+            finally:
+                with self.lock:
+                    self.procs.discard(proc)
+        if code != 0 or not (t.dir / SUMMARY).exists():
+            t.status, t.error = "failed", _error_from_log(log, code)
+
+    def _in_process(self, t: RunTask, log: Path, resume: bool) -> None:
+        import contextlib
+
+        import torch
+
+        from clustkit.cli.app import load_recipe
+        from clustkit.engine.run import Run
+
+        loaded, plugins = load_recipe(t.cell.recipe.path, t.cell.run_overrides(t.seed))
+        threads_before = torch.get_num_threads()
+        deterministic_before = torch.are_deterministic_algorithms_enabled()
+        rss_reset = _reset_peak_rss()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        try:
+            if self.threads > 0:
+                torch.set_num_threads(self.threads)
+            with log.open("a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+                try:
+                    Run(loaded, plugins, t.dir).execute(resume=resume)
+                except UserError as exc:
+                    print(f"error: {exc}")
+                    t.status, t.error = "failed", str(exc)
+                except Exception as exc:
+                    traceback.print_exc()
+                    t.status, t.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            torch.set_num_threads(threads_before)
+            torch.use_deterministic_algorithms(deterministic_before)
+        info = {"peak_rss_mb": round(_vm_hwm_mb() if rss_reset else _peak_rss_mb(), 1), "peak_gpu_mb": _gpu_peak_mb(),
+                "exit_code": 0 if t.status != "failed" else 1, "process_wall_s": round(time.perf_counter() - t0, 3),
+                "threads": self.threads or None, "mode": "in-process",
+                "peak_rss_scope": "run process, peak reset before the run" if rss_reset else
+                "bench process so far (peak RSS could not be reset)"}
+        if info["peak_gpu_mb"] is not None:
+            info["peak_gpu_mb"] = round(info["peak_gpu_mb"], 1)
+        atomic_write(t.dir / RESOURCES, json.dumps(info, indent=2) + "\n")
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for p in self.procs:
+                if p.poll() is None:
+                    p.terminate()
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _vm_hwm_mb() > 0
+    except OSError:
+        return False
+
+
+def _vm_hwm_mb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0

@@ -1,0 +1,222 @@
+"""Building a run from a validated recipe: data, components, network, optimizer and schedule.
+
+:func:`build_run` calls the builders below in the order the parts depend on each other; each
+builder is short and does one thing. Components are built by their plugins' factories with a
+:class:`BuildContext` that grows as the run takes shape (the data's shape after the dataset,
+the feature size after the backbone, the view names after the view generator).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pluggy
+import torch
+from rich.console import Console
+
+from clustkit import dist
+from clustkit.engine.batches import BatchSource
+from clustkit.engine.checkpoint import RESUMABLE_KEYS, Checkpointer
+from clustkit.engine.context import BuildContext, RunContext
+from clustkit.engine.network import Network, momentum_copy
+from clustkit.engine.run_folder import CHECKPOINT
+from clustkit.errors import RecipeError, UserError
+from clustkit.plugin_system.hookspecs import hookimpl
+from clustkit.plugin_system.manager import PluginSet, run_manager
+from clustkit.plugin_system.registry import Registry
+from clustkit.recipe.schema import Recipe
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"run.device is {name!r} but no CUDA GPU is visible; use device = \"auto\" or \"cpu\".")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_component(registry: Registry, kind: str, cfg: Any, ctx: BuildContext) -> Any:
+    """One component, by its plugin's factory; a factory's ValueError becomes an error naming the key."""
+    spec = registry.get(kind, cfg.name)
+    assert spec is not None, "the recipe loader checked every component name"
+    try:
+        return spec.build(cfg, ctx)
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError) as exc:
+        raise RecipeError(ctx.recipe.path, ctx.key, f"{kind} {cfg.name!r} could not be built: {exc}") from None
+
+
+def batch_source(recipe: Recipe, dataset: Any, seed: int, device: torch.device) -> BatchSource:
+    """Batches of ``dataset`` as ``[run]`` sets them (the global batch split over ranks)."""
+    run = recipe.run
+    return BatchSource(dataset, run.batch_size // dist.world_size() * dist.world_size(), run.eval_batch_size,
+                       run.drop_last, seed, device, run.num_workers)
+
+
+def build_data(recipe: Recipe, registry: Registry, ctx: BuildContext) -> tuple[Any, dict[str, BatchSource], BuildContext]:
+    """The dataset of ``[data]``, the batches of each pass of an epoch (``[unlabeled]`` first, when
+    the recipe has one), and the build context with the data's shape filled in."""
+    r = recipe
+    ds = build_component(registry, "dataset", r.data, replace(ctx, key="data"))
+    n_clusters = r.run.n_clusters or ds.num_classes or 0
+    if n_clusters < 2:
+        raise RecipeError(r.path, "run.n_clusters", "is required for a dataset without labels (how many clusters?).")
+    if len(ds) < r.run.batch_size and r.run.drop_last:
+        raise RecipeError(r.path, "run.batch_size", f"is {r.run.batch_size} but the dataset has only {len(ds)} images.")
+    ctx = replace(ctx, n_items=len(ds), in_channels=ds.channels, image_size=tuple(ds.image_size), n_clusters=n_clusters)
+    sources = {"data": batch_source(r, ds, r.run.seed, ctx.device)}
+    if r.unlabeled is not None:
+        sources = {"unlabeled": unlabeled_source(recipe, registry, ctx, ds), **sources}
+    return ds, sources, ctx
+
+
+def unlabeled_source(recipe: Recipe, registry: Registry, ctx: BuildContext, data: Any) -> BatchSource:
+    """The items of the [unlabeled] pass (e.g. STL-10's 100k unlabelled images), batched like [data]."""
+    r = recipe
+    extra = build_component(registry, "dataset", r.unlabeled, replace(ctx, key="unlabeled"))
+    if extra.channels != data.channels or tuple(extra.image_size) != tuple(data.image_size):
+        raise RecipeError(r.path, "unlabeled", f"holds {extra.channels}-channel {tuple(extra.image_size)} images but "
+                          f"[data] holds {data.channels}-channel {tuple(data.image_size)} ones; one network sees both, "
+                          "so set image_size / channels to match.")
+    source = batch_source(r, extra, r.run.seed + 7919, ctx.device)
+    if source.steps_per_epoch() == 0:
+        raise RecipeError(r.path, "unlabeled", f"has {len(extra)} images, fewer than run.batch_size "
+                          f"({r.run.batch_size}).")
+    return source
+
+
+class _RecipeHeads:
+    """Puts the recipe's [heads.*] into the network through the ``build_heads`` hook."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        self.modules = modules
+
+    @hookimpl
+    def build_heads(self, in_dim: int, ctx: BuildContext) -> dict[str, torch.nn.Module]:
+        return self.modules
+
+
+def build_components(recipe: Recipe, registry: Registry, pm: pluggy.PluginManager,
+                     ctx: BuildContext) -> tuple[dict[str, Any], BuildContext]:
+    """Views, losses (weight > 0: a removed term costs nothing), grouping, evaluation and refine,
+    in recipe order, each registered on the run's plugin manager under its recipe key."""
+    components: dict[str, Any] = {}
+    for key, kind, cfg in recipe.components:
+        if kind in ("dataset", "backbone", "head") or (kind == "loss" and cfg.weight == 0):
+            continue
+        component = build_component(registry, kind, cfg, replace(ctx, key=key))
+        components[key] = component
+        pm.register(component, name=key)
+        if kind == "views":  # losses check their view pairs against these
+            ctx = replace(ctx, view_names=tuple(getattr(component, "view_names", ())))
+    return components, ctx
+
+
+def build_network(recipe: Recipe, backbone: torch.nn.Module, pm: pluggy.PluginManager,
+                  ctx: BuildContext) -> tuple[Network, Network | None]:
+    """The backbone with every head contributed through ``build_heads``, and its momentum copy."""
+    heads: dict[str, torch.nn.Module] = {}
+    for contribution in pm.hook.build_heads(in_dim=ctx.backbone_dim, ctx=replace(ctx, key="heads")):
+        for name, module in (contribution or {}).items():
+            if name in heads and heads[name] is not module:
+                raise RecipeError(recipe.path, f"heads.{name}", "is contributed twice (by the recipe and a component).")
+            heads[name] = module
+    model = Network(backbone, heads).to(ctx.device)
+    if recipe.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    momentum = momentum_copy(model, recipe.momentum.heads) if recipe.momentum is not None else None
+    if dist.world_size() > 1:  # every rank starts from rank 0's weights
+        for t in list(model.parameters()) + list(model.buffers()):
+            torch.distributed.broadcast(t.data, src=0)
+        if momentum is not None:
+            momentum.load_state_dict({k: v for k, v in model.state_dict().items() if k in momentum.state_dict()})
+    return model, momentum
+
+
+def build_optimizer(recipe: Recipe, model: Network) -> torch.optim.Optimizer:
+    """``[optimizer]`` over the trainable parameters, one group per ``lr_mult`` prefix."""
+    o = recipe.optimizer
+    lr = o.lr * (recipe.run.batch_size / o.lr_scale_batch if o.lr_scale_batch else 1.0)
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            mult = next((m for prefix, m in o.lr_mult.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(mult, []).append(p)
+    params = [{"params": ps, "lr": lr * m, "lr_mult": m} for m, ps in groups.items()]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def build_schedule(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """``[schedule]``: linear warm-up over ``warmup_epochs``, then constant or cosine to ``min_lr``."""
+    s = recipe.schedule
+    warm = int(s.warmup_epochs * steps_per_epoch)
+    total = max(1, total_steps)
+    base = recipe.optimizer.lr
+    floor = s.min_lr / base if base else 0.0
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if s.name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def loss_callers(pm: pluggy.PluginManager, components: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """``compute_loss`` of each listed loss component on its own, by the ``<id>`` of its
+    ``[losses.<id>]`` key (the engine names and weights each component's terms)."""
+    plugins = [p for _, p in pm.list_name_plugin() if p is not None]
+    return {key.split(".", 1)[1]: pm.subset_hook_caller("compute_loss", [p for p in plugins if p is not components[key]])
+            for key in keys if key in components}
+
+
+def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started: float | None = None) -> RunContext:
+    """Everything a run needs, ready to train: the returned context has no part left to fill."""
+    r = recipe
+    device = pick_device(r.run.device)
+    dist.init_from_env(device.type)
+    if r.run.batch_size % dist.world_size():
+        raise RecipeError(r.path, "run.batch_size", f"must be divisible by the number of processes ({dist.world_size()}).")
+    seed_everything(r.run.seed)
+    if r.run.deterministic:
+        torch.use_deterministic_algorithms(True)
+    registry = plugins.registry
+    ctx = BuildContext(r, "data", device)
+    dataset, sources, ctx = build_data(r, registry, ctx)
+    backbone = build_component(registry, "backbone", r.backbone, replace(ctx, key="backbone"))
+    ctx = replace(ctx, backbone_dim=int(backbone.out_dim))
+    heads = {k: build_component(registry, "head", cfg, replace(ctx, key=f"heads.{k}")) for k, cfg in r.heads.items()}
+    pm = run_manager(plugins)
+    pm.register(_RecipeHeads(heads), name="heads")
+    components, ctx = build_components(r, registry, pm, ctx)
+    model, momentum = build_network(r, backbone, pm, ctx)
+    optimizer = build_optimizer(r, model)
+    steps_per_epoch = sum(s.steps_per_epoch() for s in sources.values())
+    total_steps = steps_per_epoch * r.run.epochs
+    return RunContext(
+        recipe=r, device=device, dataset=dataset, n_clusters=ctx.n_clusters, in_channels=ctx.in_channels,
+        image_size=ctx.image_size, backbone_dim=ctx.backbone_dim, model=model, optimizer=optimizer,
+        scheduler=build_schedule(r, optimizer, steps_per_epoch, total_steps), sources=sources, pm=pm,
+        components=components, console=Console(stderr=True),
+        checkpointer=Checkpointer(out_dir / CHECKPOINT if out_dir else None, r.fingerprint(RESUMABLE_KEYS)),
+        momentum=momentum, total_steps=total_steps, started=time.perf_counter() if started is None else started)

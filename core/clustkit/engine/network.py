@@ -1,0 +1,43 @@
+"""The network a run trains (backbone + named heads) and its momentum (EMA) copy."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class Network(nn.Module):
+    """Backbone plus named heads; the momentum network is a copy of the same shape."""
+
+    def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module]):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(heads)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+
+def momentum_copy(model: Network, heads: list[str]) -> Network:
+    """A frozen copy of ``model`` with only the listed heads: the target network of BYOL/MoCo-style
+    methods, moved towards the online network by :func:`ema_update` after every step."""
+    target = copy.deepcopy(model)
+    for name in list(target.heads):
+        if name not in heads:
+            del target.heads[name]
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- m·target + (1-m)·online for every parameter the two share; buffers copied."""
+    online_params = dict(online.named_parameters())
+    for name, p in target.named_parameters():
+        p.mul_(momentum).add_(online_params[name].detach(), alpha=1 - momentum)
+    online_buffers = dict(online.named_buffers())
+    for name, b in target.named_buffers():
+        b.copy_(online_buffers[name])

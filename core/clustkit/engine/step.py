@@ -1,0 +1,132 @@
+"""One training step, top to bottom (:func:`train_step`), and what its losses read (:class:`StepOutputs`).
+
+Heads are evaluated lazily and cached, so a head that no active loss asks for is never run.
+When several processes train together, ``head()``/``target()``/``index``/``labels`` return the
+*global* batch (gathered with gradients), so every loss sees the same batch on every rank and
+needs no distributed code of its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from clustkit import dist
+from clustkit.engine.network import ema_update
+
+if TYPE_CHECKING:
+    from clustkit.engine.batches import Batch
+    from clustkit.engine.context import RunContext
+
+
+class StepOutputs:
+    """The batch, its views, and the network's outputs on them, for the losses of one step.
+
+    ``extras`` is a scratch dict the components of one step share (e.g. DigPro's predictions,
+    DCHL's in-batch groups); it is new every step. Key entries by a tuple that starts with your
+    plugin's name.
+    """
+
+    def __init__(self, ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
+                 views: dict[str, torch.Tensor]):
+        self.ctx = ctx
+        self.images = images
+        self.views = views
+        self._labels = labels
+        self._index = index
+        self._cache: dict[tuple[str, str | None, bool, bool], torch.Tensor] = {}
+        self.extras: dict[Any, Any] = {}
+
+    @property
+    def view_names(self) -> list[str]:
+        return list(self.views)
+
+    @property
+    def index(self) -> torch.Tensor:
+        """Dataset indices of the global batch (rows of every ``head()`` output)."""
+        return dist.gather_no_grad(self._index)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Ground-truth labels of the global batch (-1 where unknown); never used for training."""
+        return dist.gather_no_grad(self._labels)
+
+    def _get(self, view: str, head: str | None, momentum: bool, gather: bool) -> torch.Tensor:
+        key = (view, head, momentum, gather)
+        if key in self._cache:
+            return self._cache[key]
+        if view not in self.views:
+            raise KeyError(f"view {view!r} not produced by the view generator; views are {self.view_names}")
+        net = self.ctx.momentum_model if momentum else self.ctx.model
+        if gather:
+            value = dist.gather_with_grad(self._get(view, head, momentum, False))
+        elif head is None:
+            with torch.no_grad() if momentum else torch.enable_grad():
+                value = net.features(self.views[view])
+        else:
+            if head not in net.heads:
+                raise KeyError(f"head {head!r} is not in the {'momentum' if momentum else 'online'} network; "
+                               f"heads are {sorted(net.heads)}")
+            feats = self._get(view, None, momentum, False)
+            with torch.no_grad() if momentum else torch.enable_grad():
+                value = net.heads[head](feats)
+        self._cache[key] = value
+        return value
+
+    def features(self, view: str, *, local: bool = False) -> torch.Tensor:
+        """Backbone features of a view (global batch unless ``local``)."""
+        return self._get(view, None, False, not local)
+
+    def head(self, view: str, name: str, *, local: bool = False) -> torch.Tensor:
+        """Output of head ``name`` on a view (global batch unless ``local``)."""
+        return self._get(view, name, False, not local)
+
+    def target(self, view: str, name: str | None = None, *, local: bool = False) -> torch.Tensor:
+        """Momentum-network output (no gradient): backbone features, or head ``name``."""
+        return self._get(view, name, True, not local)
+
+
+def loss_terms(ctx: RunContext, out: StepOutputs, losses: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Call every loss component's ``compute_loss`` and name and weight its terms after its recipe
+    key: ``[losses.cluster]`` returning a tensor gives ``cluster``; returning ``{"self": t}`` gives
+    ``cluster_self``. ``losses`` maps each ``<id>`` of ``[losses.<id>]`` to its hook caller, in recipe
+    order; they are called last first, as pluggy calls hook implementations, which keeps every run
+    bit-identical to the versions that called ``compute_loss`` as one hook."""
+    terms: dict[str, torch.Tensor] = {}
+    for term, call in reversed(losses.items()):
+        weight = ctx.recipe.losses[term].weight
+        for result in call(out=out, ctx=ctx):
+            parts = {term: result} if isinstance(result, torch.Tensor) else {f"{term}_{k}": v for k, v in result.items()}
+            for name, value in parts.items():
+                if name in terms:
+                    raise RuntimeError(f"two losses returned a term named {name!r}")
+                terms[name] = weight * value.float()
+    if not terms:
+        raise RuntimeError("no loss term was computed: every loss has weight 0 or the recipe has no [losses]")
+    return terms
+
+
+def train_step(ctx: RunContext, batch: Batch, losses: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """One optimizer step on ``batch``; returns the detached loss terms (still on the device)."""
+    images, labels, index = batch
+    if ctx.recipe.run.channels_last:              # NHWC kernels on GPUs with tensor cores
+        images = images.contiguous(memory_format=torch.channels_last)
+    views = ctx.hook.make_views(images=images, train=True, ctx=ctx)           # the recipe's [views]
+    if views is None:
+        raise RuntimeError("no view generator answered make_views; add a [views] section")
+    out = StepOutputs(ctx, images, labels, index, views)                      # heads run when a loss asks
+    with ctx.autocast():                                                      # bf16 when run.precision asks
+        terms = loss_terms(ctx, out, losses)                                  # weighted, named after recipe keys
+    loss = torch.stack(list(terms.values())).sum()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.average_gradients(ctx.model.parameters())                            # no-op on one process
+    ctx.optimizer.step()
+    ctx.scheduler.step()                                                      # the lr schedule is per step
+    ctx.step += 1
+    if ctx.has_momentum:                                                      # BYOL/MoCo-style target network
+        ema_update(ctx.momentum_model, ctx.model, ctx.momentum_value())
+    with torch.no_grad():                                                     # EMA groups, banks, prototypes
+        ctx.hook.update_prototypes(out=out, ctx=ctx)
+    return {**{k: v.detach() for k, v in terms.items()}, "loss": loss.detach()}

@@ -1,0 +1,165 @@
+"""Plugin discovery: entry points of the group ``clustkit``, loaded lazily and each in isolation.
+
+Built-in plugins (``clustkit.builtin`` and the method plugins shipped in this repository)
+are registered through the very same entry points a third-party package uses. A run builds its
+own manager (``run_manager``) holding only the components its recipe selected.
+
+Environment variables (datasette/llm/tox conventions):
+
+* ``CLUSTKIT_LOAD_PLUGINS=a,b`` loads only these entry points (empty string: none);
+* ``CLUSTKIT_DISABLE_PLUGINS=a,b`` blocks these;
+* ``CLUSTKIT_STRICT_PLUGINS=1`` re-raises a plugin's import error instead of warning;
+* ``CLUSTKIT_TRACE_PLUGINS=1`` prints every hook call to stderr;
+* ``CLUSTKIT_PLUGINS_DIR=dir`` also loads every ``*.py`` file in ``dir`` as a plugin named
+  after the file (local plugins without packaging, as datasette's ``--plugins-dir``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from clustkit.plugin_system import hookspecs
+from clustkit.plugin_system.registry import Registry
+
+GROUP = "clustkit"
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin failed to import; the others keep working."""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    version: str | None
+    distribution: str | None
+    hooks: list[str] = field(default_factory=list)
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    if os.environ.get("CLUSTKIT_TRACE_PLUGINS"):
+        pm.add_hookcall_monitoring(_trace_call, lambda *after: None)  # pluggy asks for an "after" too
+    return pm
+
+
+def _trace_call(hook_name: str, impls: Any, kwargs: Any) -> None:
+    print(f"[clustkit hook] {hook_name} -> {[i.plugin_name for i in impls]}", file=sys.stderr)
+
+
+class PluginSet:
+    """The loaded plugins and the registry they filled."""
+
+    def __init__(self) -> None:
+        self.pm = new_manager()
+        self.registry = Registry()
+        self.info: dict[str, PluginInfo] = {}
+        self.failed: dict[str, str] = {}
+
+    def register(self, plugin: Any, name: str, version: str | None = None, distribution: str | None = None) -> None:
+        """Register a plugin object (module or instance) and collect its components."""
+        self.pm.register(plugin, name=name)
+        module = getattr(plugin, "__name__", type(plugin).__module__)
+        self.info[name] = PluginInfo(name, module, version, distribution)
+        self.registry.current_plugin = name
+        try:
+            for impl in self.pm.hook.register_components.get_hookimpls():
+                if impl.plugin is plugin:
+                    impl.function(registry=self.registry)
+        finally:
+            self.registry.current_plugin = "?"
+        self.info[name].hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.info.pop(name, None)
+        self.registry.remove_plugin(name)
+
+    def load_entry_points(self) -> None:
+        allow = _env_list("CLUSTKIT_LOAD_PLUGINS")
+        block = set(_env_list("CLUSTKIT_DISABLE_PLUGINS") or [])
+        strict = bool(os.environ.get("CLUSTKIT_STRICT_PLUGINS"))
+        for ep in sorted(entry_points(group=GROUP), key=lambda e: (e.name != "builtin", e.name)):
+            if ep.name in self.info or ep.name in block or (allow is not None and ep.name not in allow):
+                continue
+            dist = getattr(ep, "dist", None)
+            version = dist.version if dist is not None else None
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            try:
+                plugin = ep.load()
+                self.register(plugin, ep.name, version, dist_name)
+            except Exception as exc:  # isolation: one broken plugin must not brick the tool
+                if strict:
+                    raise
+                self.failed[ep.name] = f"{type(exc).__name__}: {exc}"
+                warnings.warn(
+                    f"clustkit plugin {ep.name!r} ({dist_name or ep.value}) failed to load and is skipped: "
+                    f"{type(exc).__name__}: {exc}",
+                    PluginLoadWarning,
+                    stacklevel=2,
+                )
+        plugin_dir = os.environ.get("CLUSTKIT_PLUGINS_DIR")
+        if plugin_dir:
+            self.load_directory(plugin_dir, strict)
+        self.pm.check_pending()
+
+    def load_directory(self, directory: str, strict: bool = False) -> None:
+        """Load every ``*.py`` file of ``directory`` as a plugin named after the file."""
+        import importlib.util
+        from pathlib import Path
+
+        for path in sorted(Path(directory).glob("*.py")):
+            name = path.stem
+            if name in self.info:
+                continue
+            try:
+                spec = importlib.util.spec_from_file_location(f"clustkit_local_{name}", path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                self.register(module, name, None, str(path))
+            except Exception as exc:
+                if strict:
+                    raise
+                self.failed[name] = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"clustkit plugin file {path} failed to load and is skipped: {type(exc).__name__}: {exc}",
+                              PluginLoadWarning, stacklevel=2)
+
+
+_DEFAULT: PluginSet | None = None
+
+
+def get_plugins(reload: bool = False) -> PluginSet:
+    """The process-wide plugin set, loaded on first use (lazy and idempotent)."""
+    global _DEFAULT
+    if _DEFAULT is None or reload:
+        plugins = PluginSet()
+        plugins.load_entry_points()
+        _DEFAULT = plugins
+    return _DEFAULT
+
+
+def run_manager(plugins: PluginSet) -> pluggy.PluginManager:
+    """A plugin manager for one run: every loaded plugin (so plugin-level hooks observe the run);
+    the engine registers the run's components on it as it builds them."""
+    pm = new_manager()
+    for name, plugin in plugins.pm.list_name_plugin():
+        if plugin is not None:
+            pm.register(plugin, name=f"plugin:{name}")
+    return pm

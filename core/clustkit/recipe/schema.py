@@ -1,0 +1,162 @@
+"""The recipe schema: the core sections (``run``, ``optimizer``, ``schedule``, ``momentum``), the
+component sections (each validated by its plugin's config model) and the validated :class:`Recipe`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSection(_Strict):
+    """How to train: seeds, epochs, batch, device, evaluation and checkpoint cadence."""
+
+    name: str | None = None
+    seed: int = 0
+    epochs: int = Field(100, ge=0)
+    batch_size: int = Field(256, ge=2)
+    eval_batch_size: int = Field(512, ge=1)
+    drop_last: bool = True
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    num_workers: int = Field(0, ge=0)
+    n_clusters: int | None = Field(None, ge=2)
+    eval_every: int = Field(0, ge=0, description="epochs between evaluations; 0 = only at the end")
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(1, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    deterministic: bool = False
+    plugins: list[str] = Field(default_factory=list, description="plugins the recipe needs")
+    unlabeled_losses: list[str] = Field(
+        default_factory=list, description="loss keys trained on the [unlabeled] dataset each epoch, in a pass before "
+        "the one over [data] (CC's STL-10 protocol); required with [unlabeled]")
+
+
+class OptimizerSection(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_scale_batch: int | None = Field(None, ge=1, description="if set, lr *= batch_size / lr_scale_batch")
+    lr_mult: dict[str, float] = Field(default_factory=dict, description="parameter-name prefix -> lr multiplier")
+
+
+class ScheduleSection(_Strict):
+    name: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+
+
+class MomentumSection(_Strict):
+    """A momentum (EMA) copy of the backbone and the listed heads, updated after every step."""
+
+    base: float = Field(0.996, ge=0, le=1)
+    final: float | None = Field(None, ge=0, le=1, description="cosine increase to this value; None = constant")
+    heads: list[str] = Field(default_factory=list, description="heads copied into the momentum network")
+
+
+# Component sections: (recipe key, registry kind, is a table of named instances, required)
+COMPONENT_SECTIONS: tuple[tuple[str, str, bool, bool], ...] = (
+    ("data", "dataset", False, True),
+    ("unlabeled", "dataset", False, False),
+    ("backbone", "backbone", False, True),
+    ("heads", "head", True, False),
+    ("views", "views", False, True),
+    ("losses", "loss", True, False),
+    ("grouping", "grouper", False, False),
+    ("evaluation", "evaluator", False, True),
+    ("refine", "refiner", False, False),
+)
+CORE_SECTIONS: dict[str, type[BaseModel]] = {
+    "run": RunSection,
+    "optimizer": OptimizerSection,
+    "schedule": ScheduleSection,
+    "momentum": MomentumSection,
+}
+DEFAULT_GROUPING = {"name": "kmeans"}
+TOP_LEVEL = ["run", "data", "unlabeled", "backbone", "heads", "views", "losses", "grouping", "evaluation", "refine",
+             "optimizer", "schedule", "momentum"]
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: core sections as models, components as their plugins' config models."""
+
+    path: str
+    run: RunSection
+    optimizer: OptimizerSection
+    schedule: ScheduleSection
+    momentum: MomentumSection | None
+    data: BaseModel
+    backbone: BaseModel
+    views: BaseModel
+    evaluation: BaseModel
+    grouping: BaseModel
+    heads: dict[str, BaseModel] = field(default_factory=dict)
+    losses: dict[str, BaseModel] = field(default_factory=dict)
+    refine: BaseModel | None = None
+    unlabeled: BaseModel | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved recipe (every default filled in), as plain TOML-able data."""
+        out: dict[str, Any] = {"run": _dump(self.run)}
+        for key, _, table, _ in COMPONENT_SECTIONS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            out[key] = {k: _dump(v) for k, v in value.items()} if table else _dump(value)
+        out["optimizer"] = _dump(self.optimizer)
+        out["schedule"] = _dump(self.schedule)
+        if self.momentum is not None:
+            out["momentum"] = _dump(self.momentum)
+        return out
+
+    def fingerprint(self, ignore: tuple[str, ...] = ("run.epochs", "run.eval_every", "run.checkpoint_every")) -> str:
+        flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in ignore}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def components(self) -> list[tuple[str, str, BaseModel]]:
+        """(recipe key path, kind, config) of every selected component, in build order."""
+        items: list[tuple[str, str, BaseModel]] = []
+        for key, kind, table, _ in COMPONENT_SECTIONS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if table:
+                items.extend((f"{key}.{k}", kind, v) for k, v in value.items())
+            else:
+                items.append((key, kind, value))
+        return items
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return _tomlable(model.model_dump(mode="json", exclude_none=True))
+
+
+def _tomlable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _tomlable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_tomlable(v) for v in value]
+    return value
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

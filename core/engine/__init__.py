@@ -1,1 +1,0 @@
-"""The training engine: run context, per-batch outputs, checkpoints and the training loop."""
