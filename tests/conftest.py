@@ -70,6 +70,17 @@ head = "cluster"
 """
 
 
+class FakeOut:
+    """A ``StepOutputs`` stand-in for loss tests: head outputs by (view, head), and ``extras``."""
+
+    def __init__(self, heads: dict[tuple[str, str], Any]):
+        self.heads = heads
+        self.extras: dict[Any, Any] = {}
+
+    def head(self, view: str, name: str) -> Any:
+        return self.heads[(view, name)]
+
+
 def clustkit_exe() -> str:
     exe = shutil.which("clustkit") or str(Path(sys.executable).parent / "clustkit")
     return exe

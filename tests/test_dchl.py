@@ -13,7 +13,7 @@ from clustkit import BuildContext, ClusterContrast, ClusterContrastConfig, Insta
 from clustkit.errors import RecipeError
 from clustkit_dchl import GroupConfig
 from clustkit_dchl import group_loss as C
-from conftest import REPO, run_recipe
+from conftest import REPO, FakeOut, run_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -65,17 +65,6 @@ def naive_group_term(q_a, q_b, l_a, l_b, c_a, c_b, tau: float) -> torch.Tensor:
             total = total - (logits[labels[i]] - log_den)
         return total / q.shape[0]
     return 0.5 * (one(q_b, c_a, l_b) + one(q_a, c_b, l_a))
-
-
-class FakeOut:
-    """StepOutputs stand-in: head outputs by (view, head), a call counter and the extras dict."""
-
-    def __init__(self, heads: dict[tuple[str, str], torch.Tensor]):
-        self.heads = heads
-        self.extras: dict = {}
-
-    def head(self, view: str, name: str) -> torch.Tensor:
-        return self.heads[(view, name)]
 
 
 def fake_ctx(key: str = "losses.group", batch: int = 256, views=("weak1", "weak2", "strong")) -> BuildContext:

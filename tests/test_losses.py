@@ -14,6 +14,7 @@ from clustkit import (BuildContext, ClusterContrast, ClusterContrastConfig, Inst
                       RecipeError)
 from clustkit.engine.step import loss_terms
 from clustkit.losses.contrast import assignment_entropy_gap, cluster_contrast, nt_xent
+from conftest import FakeOut
 from naive import naive_cluster_contrast, naive_nt_xent
 
 
@@ -86,17 +87,6 @@ def test_cluster_contrast_gradcheck() -> None:
 
 
 VIEWS = ("weak1", "weak2", "strong")
-
-
-class FakeOut:
-    """StepOutputs stand-in: head outputs by (view, head)."""
-
-    def __init__(self, heads: dict[tuple[str, str], torch.Tensor]):
-        self.heads = heads
-        self.extras: dict = {}
-
-    def head(self, view: str, name: str) -> torch.Tensor:
-        return self.heads[(view, name)]
 
 
 def build_ctx(key: str, views: tuple[str, ...] = VIEWS) -> BuildContext:

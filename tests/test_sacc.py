@@ -18,7 +18,7 @@ from clustkit_sacc import (OP_NAMES, TRAIN_PY_CLUSTER_PAIRS, TRAIN_PY_INSTANCE_P
 from clustkit_sacc import views as C
 from clustkit_sacc.randaugment import RandAugment, apply_op
 from naive import naive_cluster_contrast as naive_cluster, naive_nt_xent
-from conftest import REPO, run_recipe
+from conftest import REPO, FakeOut, run_recipe
 
 D = torch.float64
 
@@ -138,14 +138,6 @@ def test_normalisation_modes():
 
 
 # ----------------------------------------------------------------------------- losses
-
-
-class FakeOut:
-    def __init__(self, heads):
-        self.heads, self.extras = heads, {}
-
-    def head(self, view, name):
-        return self.heads[(view, name)]
 
 
 def loss_ctx(key: str, views=("weak1", "weak2", "strong")) -> BuildContext:

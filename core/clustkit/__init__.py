@@ -10,6 +10,7 @@ names that need torch are imported on first use.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
 from clustkit.errors import RecipeError, UserError
@@ -18,7 +19,10 @@ from clustkit.plugin_system.hookspecs import hookimpl
 from clustkit.plugin_system.registry import (ComponentConfig, HeadOrBackbone, HeadRef, LossConfig, Pair, Registry,
                                              with_defaults)
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("clustkit")  # one version: pyproject.toml's
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+    __version__ = "0+unknown"
 
 # name -> module, imported when the name is first used (these modules import torch)
 _LAZY = {

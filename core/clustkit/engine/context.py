@@ -54,7 +54,7 @@ class BuildContext:
     n_clusters: int = 0
     backbone_dim: int = 0
     view_names: tuple[str, ...] = ()  # training views the view generator declared
-    store: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # behind shared()
+    _store: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # behind shared()
 
     @property
     def seed(self) -> int:
@@ -64,9 +64,9 @@ class BuildContext:
         """The object several components of this run share under ``name`` (e.g. DCHL's cluster
         trunk, one module for two heads): made by ``factory()`` for the first caller, the same
         object for every later one. Prefix ``name`` with your plugin's name."""
-        if name not in self.store:
-            self.store[name] = factory()
-        return self.store[name]
+        if name not in self._store:
+            self._store[name] = factory()
+        return self._store[name]
 
     def error(self, key: str, message: str, allowed: list[str] | None = None) -> RecipeError:
         """An error naming the recipe file and ``<this component's key>.<key>`` (raise it)."""
