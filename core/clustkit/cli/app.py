@@ -68,7 +68,7 @@ def run(
         loaded, plugins = load_recipe(recipe, set_)
         out_dir = out or _default_out(recipe, resume)
         if not resume and (out_dir / CHECKPOINT).exists():
-            raise UserError(f"{out_dir} already holds a run (checkpoints/last.pt); pass --resume to continue it, "
+            raise UserError(f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, "
                             f"or choose another --out.")
         from clustkit.engine.run import Run
 

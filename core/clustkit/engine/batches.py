@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -74,3 +74,8 @@ class BatchSource:
 
     def eval_batches(self) -> Iterator[Batch]:
         return self._iterate(torch.arange(self.n), self.eval_batch_size, shard=False)
+
+
+def steps_per_epoch(sources: Mapping[str, BatchSource]) -> int:
+    """Optimizer steps in one epoch: one per batch of every pass ([unlabeled] if any, then [data])."""
+    return sum(s.steps_per_epoch() for s in sources.values())

@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 
 from clustkit import dist
-from clustkit.engine.batches import BatchSource
+from clustkit.engine.batches import BatchSource, steps_per_epoch
 from clustkit.engine.checkpoint import RESUMABLE_KEYS, Checkpointer
 from clustkit.engine.context import BuildContext, RunContext
 from clustkit.engine.network import Network, momentum_copy
@@ -162,11 +162,11 @@ def build_optimizer(recipe: Recipe, model: Network) -> torch.optim.Optimizer:
     return cls(params, lr=lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
-def build_schedule(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+def build_schedule(recipe: Recipe, optimizer: torch.optim.Optimizer, epoch_steps: int,
                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """``[schedule]``: linear warm-up over ``warmup_epochs``, then constant or cosine to ``min_lr``."""
     s = recipe.schedule
-    warm = int(s.warmup_epochs * steps_per_epoch)
+    warm = int(s.warmup_epochs * epoch_steps)
     total = max(1, total_steps)
     base = recipe.optimizer.lr
     floor = s.min_lr / base if base else 0.0
@@ -187,7 +187,7 @@ def loss_callers(pm: pluggy.PluginManager, components: dict[str, Any], keys: lis
     ``[losses.<id>]`` key (the engine names and weights each component's terms)."""
     plugins = [p for _, p in pm.list_name_plugin() if p is not None]
     return {key.split(".", 1)[1]: pm.subset_hook_caller("compute_loss", [p for p in plugins if p is not components[key]])
-            for key in keys if key in components}
+            for key in keys}
 
 
 def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started: float | None = None) -> RunContext:
@@ -211,12 +211,12 @@ def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started:
     components, ctx = build_components(r, registry, pm, ctx)
     model, momentum = build_network(r, backbone, pm, ctx)
     optimizer = build_optimizer(r, model)
-    steps_per_epoch = sum(s.steps_per_epoch() for s in sources.values())
-    total_steps = steps_per_epoch * r.run.epochs
+    epoch_steps = steps_per_epoch(sources)
+    total_steps = epoch_steps * r.run.epochs
     return RunContext(
         recipe=r, device=device, dataset=dataset, n_clusters=ctx.n_clusters, in_channels=ctx.in_channels,
         image_size=ctx.image_size, backbone_dim=ctx.backbone_dim, model=model, optimizer=optimizer,
-        scheduler=build_schedule(r, optimizer, steps_per_epoch, total_steps), sources=sources, pm=pm,
+        scheduler=build_schedule(r, optimizer, epoch_steps, total_steps), sources=sources, pm=pm,
         components=components, console=Console(stderr=True),
         checkpointer=Checkpointer(out_dir / CHECKPOINT if out_dir else None, r.fingerprint(RESUMABLE_KEYS)),
         momentum=momentum, total_steps=total_steps, started=time.perf_counter() if started is None else started)

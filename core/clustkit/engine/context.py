@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from clustkit import dist
+from clustkit.engine.batches import steps_per_epoch
 from clustkit.errors import RecipeError
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ class RunContext:
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one epoch: every pass ([unlabeled] if any, then [data])."""
-        return sum(s.steps_per_epoch() for s in self.sources.values())
+        return steps_per_epoch(self.sources)
 
     def momentum_value(self) -> float:
         """The EMA momentum at the current step (constant, or a cosine ramp to ``momentum.final``)."""
