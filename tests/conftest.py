@@ -22,6 +22,10 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+# The run report (t-SNE, image grids) costs seconds per run: the tests that check it turn it on
+# with CLUSTKIT_REPORT=1; the other runs of the suite skip it.
+os.environ.setdefault("CLUSTKIT_REPORT", "0")
+
 # Tests never pick up plugins installed in the developer's environment beyond this repo's.
 os.environ.setdefault("CLUSTKIT_LOAD_PLUGINS", "builtin,cc,sacc,dchl,digpro,iciclegcn")
 

@@ -33,7 +33,7 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) 
 
 def test_run_writes_the_run_folder(tiny_recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = cli("run", str(tiny_recipe), "--out", str(out), "--set", "run.eval_every=1")
+    result = cli("run", str(tiny_recipe), "--out", str(out), "--set", "run.eval_every=1", env={"CLUSTKIT_REPORT": "1"})
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     for key in ("acc", "nmi", "ari", "n_clusters", "wall_s", "method", "dataset"):
@@ -52,6 +52,16 @@ def test_run_writes_the_run_folder(tiny_recipe: Path, tmp_path: Path) -> None:
     assert "temperature = 0.5" in resolved  # defaults are filled in
     assert (out / "checkpoints" / "last.pt").exists()
     assert not list(out.rglob("*.tmp"))
+    # the report: a page whose every figure exists and is a readable, non-empty PNG
+    from PIL import Image
+
+    page = (out / "report.html").read_text()
+    for name in ("losses", "metrics", "cluster_sizes", "confusion", "clusters", "embedding"):
+        png = out / "report" / f"{name}.png"
+        assert f'src="report/{name}.png"' in page and png.stat().st_size > 1000
+        with Image.open(png) as img:
+            assert img.width > 100 and img.height > 100
+    assert f"{summary['acc']:.4f}"[:5] in page
 
 
 def test_run_refuses_to_overwrite_and_bad_device_is_clean(tiny_recipe: Path, tmp_path: Path) -> None:

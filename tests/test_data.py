@@ -22,6 +22,7 @@ from clustkit.data import (
     ClusterDataset,
     DatasetError,
     FolderDataset,
+    UNREADABLE,
     InMemoryDataset,
     load_dataset,
 )
@@ -514,8 +515,9 @@ def test_image_folder_flat_unlabelled(tmp_path):
     assert ds.labels.tolist() == [-1] * 5
     (tmp_path / "zz_broken.png").write_bytes(b"not a png")
     broken = load_dataset("image_folder", root=tmp_path, image_size=8)
-    with pytest.raises(DatasetError, match="zz_broken.png"):
-        broken[len(broken) - 1]
+    image, label, index = broken[len(broken) - 1]  # a blank image marked unreadable; the run skips it
+    assert label == UNREADABLE and index == len(broken) - 1 and not image.any()
+    assert "zz_broken.png" in broken.describe_unreadable(index)
 
 
 def test_image_folder_wrapper_and_splits(tmp_path):

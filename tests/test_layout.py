@@ -48,8 +48,10 @@ def test_every_folder_is_a_package_named_as_it_is_imported() -> None:
 def test_pyproject_lists_no_packages_and_maps_no_folders() -> None:
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "package-dir" not in setuptools
-    assert set(setuptools) == {"packages"} and set(setuptools["packages"]) == {"find"}
+    assert set(setuptools) <= {"packages", "package-data"} and set(setuptools["packages"]) == {"find"}
     assert setuptools["packages"]["find"]["where"] == list(ROOTS)
+    # the only package data: the shipped recipes (tests/test_shipped_recipes.py)
+    assert setuptools.get("package-data", {}) == {"clustkit.recipe": ["shipped/**/*.toml"]}
 
 
 @pytest.mark.slow
@@ -149,3 +151,15 @@ def test_docs_cite_nothing_outside_the_repository() -> None:
         assert (REPO / "docs" / "methods" / f"{method}.md").is_file()
     for page in ("architecture.md", "api.md", "hooks.md"):
         assert (REPO / "docs" / page).is_file()
+
+
+def test_every_registered_factory_and_config_resolves(plugin_set) -> None:
+    """A "module:attr" string is resolved only when a recipe builds the component, so a stale
+    path after a move would fail only in that recipe's run: resolve every one here."""
+    from clustkit.plugin_system.registry import resolve
+
+    specs = plugin_set().registry.all()
+    assert len(specs) > 30
+    for spec in specs:
+        assert callable(resolve(spec.factory)), (spec.plugin, spec.kind, spec.name)
+        assert spec.config_model() is not None

@@ -36,6 +36,8 @@ _LAZY = {
     "ClusterContrast": "clustkit.losses.pair",
     "check_view_pairs": "clustkit.losses.pair",
     "KMeansResult": "clustkit.cluster.kmeans",
+    "load_run": "clustkit.trained.loaded",
+    "TrainedRun": "clustkit.trained.loaded",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
@@ -44,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from clustkit.engine.network import ema_update
     from clustkit.engine.step import StepOutputs
     from clustkit.losses.pair import ClusterContrast, InstanceContrast, PairLoss, check_view_pairs
+    from clustkit.trained.loaded import TrainedRun, load_run
 
 
 def __getattr__(name: str) -> Any:
@@ -67,5 +70,7 @@ __all__ = [
     # building blocks
     "PairLoss", "PairLossConfig", "InstanceContrast", "InstanceContrastConfig", "ClusterContrast",
     "ClusterContrastConfig", "check_view_pairs", "ema_update",
+    # using a trained run
+    "load_run", "TrainedRun",
     "__version__",
 ]

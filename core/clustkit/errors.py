@@ -27,3 +27,10 @@ class RecipeError(UserError):
             shown = ", ".join(str(a) for a in self.allowed) if self.allowed else "(none installed)"
             text += f" Allowed values: {shown}."
         return text
+
+
+class RunDiverged(UserError):
+    """A loss or a clustering became non-finite: the run stops before writing a checkpoint, so the
+    last good one stays resumable (exit code 3, so schedulers can tell it from bad input)."""
+
+    exit_code = 3

@@ -84,7 +84,7 @@ def register_components(registry: Registry) -> None:
                  doc="DigPro projector: Linear → BN → ReLU → Linear (256-d)")
     registry.add("head", "digpro_predictor", F + "heads:build_predictor", PredictorConfig,
                  doc="DigPro predictor on the projector output (lr ×10 via optimizer.lr_mult)")
-    registry.add("views", "digpro_simclr", "clustkit.views:PipelineViews", SimCLRViewsConfig,
+    registry.add("views", "digpro_simclr", "clustkit.nn.views:PipelineViews", SimCLRViewsConfig,
                  doc="DigPro's SimCLR views: crop 0.08-1, flip, jitter 0.4/0.4/0.4/0.1, grey 0.2, normalised")
     registry.add("loss", "digpro_byol", F + "losses:BYOLLoss", BYOLConfig,
                  doc="BYOL alignment 2-2cos(pred(q+eps), k) with latent noise after warm-up")

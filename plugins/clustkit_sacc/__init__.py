@@ -57,6 +57,10 @@ class SACCViewsConfig(ComponentConfig):
                             "'all' (every view and the evaluation view)")
     affine: AffineParams = Field(default_factory=AffineParams)
 
+    def view_names(self) -> tuple[str, ...]:
+        """The weak views, then the strong ones, as ``SACCViews.view_names`` (checked by ``clustkit check``)."""
+        return (*self.weak_names, *self.strong_names)
+
 
 SACCInstanceConfig = with_defaults(InstanceContrastConfig, "SACCInstanceConfig", pairs=TRAIN_PY_INSTANCE_PAIRS)
 #: ``weight`` is SACC's sigma (1; 0.5 for CIFAR-100).

@@ -74,8 +74,8 @@ def _table(meta: dict[str, Any], cells: list[dict[str, Any]]) -> Any:
 
 
 def bench(
-    source: Optional[Path] = typer.Argument(
-        None, metavar="BENCH_OR_RECIPE", show_default=False, help="Bench file (a TOML with a \\[bench] table) or a recipe. Omit it to continue the bench in --out."),
+    source: Optional[str] = typer.Argument(
+        None, metavar="BENCH_OR_RECIPE", show_default=False, help="Bench file (a TOML with a \\[bench] table), a recipe file or a shipped recipe's name (cc). Omit it to continue the bench in --out."),
     grid: list[str] = typer.Option(
         [], "--grid", "-g", help="An axis: --grid losses.cluster.weight=1,0 (repeatable, one axis each; values are TOML)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default: the bench file's, else 0,1,2)."),
@@ -101,7 +101,7 @@ def bench(
         raise typer.Exit(code)
 
 
-def _bench(source: Path | None, grid: list[str], seeds: str | None, out: Path | None, jobs: int, set_: list[str],
+def _bench(source: str | Path | None, grid: list[str], seeds: str | None, out: Path | None, jobs: int, set_: list[str],
            only: list[str], threads: int, timeout: float | None, in_process: bool, dry_run: bool) -> int:
     from clustkit.bench.execute import Executor
     from clustkit.bench.plan import BenchFileError, build_plan, read_plan, select
@@ -118,7 +118,9 @@ def _bench(source: Path | None, grid: list[str], seeds: str | None, out: Path | 
                             f"{out} give only --out.")
         plan = read_plan(out / PLAN_FILE)
     else:
-        plan = build_plan(source, grid, seeds, set_)
+        from clustkit.recipe import resolve_recipe
+
+        plan = build_plan(resolve_recipe(source), grid, seeds, set_)
     out = out or Path("runs") / f"bench-{plan.name}"
     for i, r in enumerate(plan.recipes):
         if not r.path.is_file():
@@ -163,10 +165,15 @@ def _bench(source: Path | None, grid: list[str], seeds: str | None, out: Path | 
             if t.status in ("todo", "resume"):
                 t.status = "pending"
     cells, meta = _collect(plan, all_cells, tasks, out, source, grid, seeds, set_, jobs, threads, in_process)
+    from rich.markup import escape
+
     from clustkit.bench.report import write_all
 
     write_all(out, meta, cells, [a.name for a in plan.axes])
     console.print(_table(meta, cells))
+    for c in cells:
+        for w in c.get("warnings", []):
+            console.print(f"[yellow]warning[/yellow] {escape(c['id'])}: {escape(w)}", highlight=False, soft_wrap=True)
     n_failed = sum(c["n_failed"] for c in cells)
     console.print(f"results in {out}/results.{{csv,json,md,png}} ({time.perf_counter() - started:.0f} s)"
                   + (f"; [red]{n_failed} run(s) failed[/red] (see results.md; the next invocation retries them)"

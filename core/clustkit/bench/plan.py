@@ -13,7 +13,6 @@ import fnmatch
 import itertools
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from clustkit.errors import RecipeError
-from clustkit.recipe import parse_override, read_toml
+from clustkit.errors import RecipeError, UserError
+from clustkit.recipe import parse_override, read_toml, resolve_recipe
 from clustkit.recipe.errors import validation_error
 
 DEFAULT_SEEDS = [0, 1, 2]
@@ -47,7 +46,7 @@ class _Strict(BaseModel):
 class RecipeEntry(_Strict):
     """A base recipe with an optional label (the cell-id prefix) and overrides of its own."""
 
-    path: str = Field(..., description="recipe file, relative to the bench file")
+    path: str = Field(..., description="recipe file, relative to the bench file, or a shipped recipe's name (cc)")
     label: str | None = Field(None, min_length=1, description="cell-id prefix; default: the file's stem")
     set: list[str] = Field(default_factory=list, description="--set overrides for this recipe's cells")
 
@@ -82,7 +81,8 @@ class AxisEntry(_Strict):
 class BenchSection(_Strict):
     name: str | None = Field(None, description="bench name (default: the file's stem)")
     description: str | None = None
-    recipes: list[str | RecipeEntry] = Field(..., min_length=1, description="base recipes, relative to this file")
+    recipes: list[str | RecipeEntry] = Field(..., min_length=1, description="base recipes, relative to this file, "
+                                             "or shipped recipes by name (cc, cifar10/sacc)")
     seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1)
     set: list[str] = Field(default_factory=list, description="--set overrides applied to every cell")
     grid: dict[str, Any] = Field(default_factory=dict, description="'recipe.key' = [values]: one axis per key")
@@ -326,8 +326,10 @@ def load_bench_file(path: Path, raw: dict[str, Any]) -> Plan:
     recipes: list[BaseRecipe] = []
     for i, entry in enumerate(b.recipes):
         e = RecipeEntry(path=entry) if isinstance(entry, str) else entry
-        p = Path(e.path).expanduser()
-        p = p if p.is_absolute() else Path(os.path.normpath(base_dir / p))
+        try:  # a file relative to the bench file, else a shipped recipe's name (cc, cifar10/sacc)
+            p = resolve_recipe(e.path, base_dir)
+        except UserError as exc:
+            raise BenchFileError(file, f"bench.recipes[{i}]", str(exc)) from None
         for j, text in enumerate(e.set):
             _check_override(file, f"bench.recipes[{i}].set[{j}]", text)
         recipes.append(BaseRecipe(p, _safe(e.label) if e.label else _recipe_label(p), list(e.set)))

@@ -17,6 +17,9 @@ METRICS: list[tuple[str, str, int]] = [
     ("acc", "ACC", 3),
     ("nmi", "NMI", 3),
     ("ari", "ARI", 3),
+    ("size_entropy", "size entropy", 3),   # label-free: help choose K (docs/report.md)
+    ("n_empty", "empty", 1),
+    ("silhouette", "silhouette", 3),
     ("wall_s", "wall s", 1),
     ("peak_rss_mb", "peak RSS MB", 0),
     ("peak_gpu_mb", "peak GPU MB", 0),
@@ -59,6 +62,7 @@ def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 versions.setdefault(name, set()).add(str(ver))
         if versions:
             cell["plugins"] = {n: "|".join(sorted(v)) for n, v in sorted(versions.items())}
+        cell["warnings"] = sorted({w for r in ok for w in (r.get("summary") or {}).get("warnings", [])})
         by_error: dict[str, list[str]] = {}
         for r in runs:
             if r["status"] == "failed":
@@ -159,6 +163,10 @@ def markdown(meta: dict[str, Any], cells: list[dict[str, Any]]) -> str:
         ovs = " ".join(f"`--set {o}`" for o in c["overrides"]) or "(none)"
         plugins = ", ".join(f"{k} {v}" for k, v in c.get("plugins", {}).items()) or "n/a"
         lines.append(f"- `{c['id']}`: `{c['recipe']}` {ovs}; plugins: {plugins}")
+    warned = [(c["id"], w) for c in cells for w in c.get("warnings", [])]
+    if warned:
+        lines += ["", "## Warnings", ""]
+        lines += [f"- `{cid}`: {w}" for cid, w in warned]
     failures = [(c["id"], e) for c in cells for e in c["errors"]]
     if failures:
         lines += ["", "## Failures", ""]

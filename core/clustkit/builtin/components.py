@@ -61,7 +61,8 @@ class HeadArgmax:
     def evaluate(self, ctx: RunContext) -> Prediction:
         p = ctx.extract(self.cfg.head, momentum=self.cfg.momentum)
         conf, labels = p.max(dim=1)
-        return Prediction(labels.numpy().astype(np.int64), source=f"argmax:{self.cfg.head}", scores=conf.numpy())
+        return Prediction(labels.numpy().astype(np.int64), source=f"argmax:{self.cfg.head}", scores=conf.numpy(),
+                          space=self.cfg.head, rule="argmax", momentum=self.cfg.momentum)
 
 
 class KMeansEvaluator:
@@ -76,4 +77,5 @@ class KMeansEvaluator:
         feats = ctx.extract(head, momentum=self.cfg.momentum)
         result = ctx.group(feats, ctx.n_clusters, spherical=self.cfg.spherical)
         return Prediction(np.asarray(result.labels, dtype=np.int64), source=f"kmeans:{self.cfg.features}",
-                          extra={"kmeans_backend": result.backend, "kmeans_inertia": float(result.inertia)})
+                          space=self.cfg.features, rule="cosine_centroid" if self.cfg.spherical else "centroid",
+                          momentum=self.cfg.momentum, extra={"kmeans_backend": result.backend, "kmeans_inertia": float(result.inertia)})

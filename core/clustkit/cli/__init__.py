@@ -1,5 +1,5 @@
-"""The ``clustkit`` command line: ``app`` (run, check, plugins, views, bench) and ``viewgrid``
-(the picture behind ``clustkit views``)."""
+"""The ``clustkit`` command line: ``app`` (run, check, recipes, plugins, views, bench, and
+predict / evaluate / export from ``trained``) and ``viewgrid`` (the picture behind ``clustkit views``)."""
 
 from clustkit.cli.app import app, main
 

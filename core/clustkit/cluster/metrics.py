@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
-__all__ = ["to_numpy", "cluster_acc", "evaluate_clustering", "cluster_sizes", "assignment_stats"]
+__all__ = ["to_numpy", "cluster_acc", "evaluate_clustering", "cluster_sizes"]
 
 
 def to_numpy(a: Any) -> np.ndarray:
@@ -53,12 +53,13 @@ def cluster_acc(labels: Any, pred: Any) -> float:
 
 
 def evaluate_clustering(labels: Any, pred: Any) -> dict[str, float]:
-    """ACC / NMI (arithmetic) / ARI on the labelled samples (label >= 0); {} if none."""
+    """ACC / NMI (arithmetic) / ARI / AMI on the labelled samples (label >= 0) that have a cluster
+    (pred >= 0; an unreadable image has none); {} if none."""
     y = _as_int_vector(labels, "labels")
     p = _as_int_vector(pred, "pred")
     if y.shape != p.shape:
         raise ValueError(f"labels and pred differ in length: {y.shape} vs {p.shape}")
-    keep = y >= 0
+    keep = (y >= 0) & (p >= 0)
     if not keep.any():
         return {}
     y, p = y[keep], p[keep]
@@ -66,6 +67,7 @@ def evaluate_clustering(labels: Any, pred: Any) -> dict[str, float]:
         "acc": cluster_acc(y, p),
         "nmi": float(normalized_mutual_info_score(y, p, average_method="arithmetic")),
         "ari": float(adjusted_rand_score(y, p)),
+        "ami": float(adjusted_mutual_info_score(y, p)),
     }
 
 
@@ -75,25 +77,3 @@ def cluster_sizes(pred: Any, k: int) -> np.ndarray:
     if p.size and (p.min() < 0 or p.max() >= k):
         raise ValueError(f"cluster ids must lie in [0, {k}), got [{p.min()}, {p.max()}]")
     return np.bincount(p, minlength=k).astype(np.int64)
-
-
-def assignment_stats(pred: Any, k: int) -> dict[str, float]:
-    """Cluster-health summary used to spot collapse during training.
-
-    ``entropy`` is the entropy of the cluster marginal divided by ``log k``:
-    1.0 means perfectly balanced, 0.0 means everything in one cluster.
-    ``imbalance`` is max size / mean size (1.0 when balanced).
-    """
-    sizes = cluster_sizes(pred, k)
-    n = int(sizes.sum())
-    if n == 0:
-        raise ValueError("assignment_stats needs at least one sample")
-    q = sizes[sizes > 0] / n
-    entropy = float(-(q * np.log(q)).sum() / np.log(k)) if k > 1 else 1.0
-    return {
-        "n_empty": int((sizes == 0).sum()),
-        "min_size": int(sizes.min()),
-        "max_size": int(sizes.max()),
-        "imbalance": float(sizes.max() / (n / k)),
-        "entropy": entropy,
-    }

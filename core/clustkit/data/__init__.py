@@ -13,7 +13,7 @@ import inspect
 import os
 from collections.abc import Callable
 
-from .base import ClusterDataset, DatasetError, FolderDataset, InMemoryDataset
+from .base import UNREADABLE, ClusterDataset, DatasetError, FolderDataset, InMemoryDataset
 from .arrays import load_coil20, load_digits, load_fashion_mnist, load_mnist, load_stl10, load_usps
 from .cifar import load_cifar10, load_cifar100
 from .folder import load_image_folder, load_imagenet10, load_imagenet_dogs, load_tiny_imagenet
@@ -23,6 +23,7 @@ __all__ = [
     "InMemoryDataset",
     "FolderDataset",
     "DatasetError",
+    "UNREADABLE",
     "DATASETS",
     "SPLITS",
     "load_dataset",

@@ -12,6 +12,7 @@ import torch
 from clustkit.errors import UserError
 
 __all__ = [
+    "UNREADABLE",
     "DatasetError",
     "ClusterDataset",
     "InMemoryDataset",
@@ -19,6 +20,11 @@ __all__ = [
     "as_size",
     "resize_images",
 ]
+
+
+#: The label ``__getitem__`` returns for an image file it cannot read (the image is blank); the
+#: engine reports the file once and leaves it out of training (run.max_unreadable).
+UNREADABLE = -2
 
 
 class DatasetError(UserError, ValueError):
@@ -235,10 +241,25 @@ class FolderDataset(ClusterDataset):
         return tensor.contiguous()
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        """The image, its label and its index; a file that cannot be read gives a blank image
+        and the label ``UNREADABLE`` (one bad file must not stop a run over a large folder)."""
         index = int(index)
         if index < 0:
             index += len(self)
-        return self.load_image(self.paths[index]), int(self.labels[index]), index
+        try:
+            image = self.load_image(self.paths[index])
+        except DatasetError:
+            h, w = self.image_size
+            return torch.zeros((self.channels, h, w), dtype=torch.uint8), UNREADABLE, index
+        return image, int(self.labels[index]), index
+
+    def describe_unreadable(self, index: int) -> str:
+        """Why item ``index`` cannot be read (the path and the decoder's message)."""
+        try:
+            self.load_image(self.paths[index])
+        except DatasetError as exc:
+            return str(exc)
+        return f"{self.paths[index]} could not be read"
 
     def to_memory(self, num_workers: int = 0, batch_size: int = 256) -> InMemoryDataset:
         """Decode every image into one :class:`InMemoryDataset` (for small folder datasets)."""

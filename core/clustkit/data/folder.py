@@ -34,7 +34,7 @@ def _direct_images(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and is_image(p.name))
 
 
-def _walk_images(path: Path) -> list[Path]:
+def walk_images(path: Path) -> list[Path]:
     """All images below ``path``, recursively, in sorted order (as torchvision's ImageFolder)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
@@ -60,7 +60,7 @@ def _split_dirs(root: Path) -> dict[str, Path] | None:
 def _classes_in(folder: Path, only: list[str] | None = None) -> dict[str, list[Path]]:
     """Class folder name -> its images (recursively); folders without images are left out."""
     dirs = _subdirs(folder) if only is None else [folder / c for c in only if (folder / c).is_dir()]
-    return {d.name: imgs for d in dirs if (imgs := _walk_images(d))}
+    return {d.name: imgs for d in dirs if (imgs := walk_images(d))}
 
 
 def build_folder_dataset(
@@ -225,7 +225,7 @@ def load_tiny_imagenet(root=None, *, image_size=None, split="all", channels=3) -
         train = base  # the root is the train folder itself
     else:
         raise DatasetError(f"dataset 'tiny_imagenet': {base / 'train'} does not exist. Expected {expected}")
-    wnids = [d.name for d in _subdirs(train) if _walk_images(d)]
+    wnids = [d.name for d in _subdirs(train) if walk_images(d)]
     if not wnids:
         raise DatasetError(f"dataset 'tiny_imagenet': no class folders with images in {train}. Expected {expected}")
     size = image_size or 64

@@ -63,7 +63,7 @@ def batch_source(recipe: Recipe, dataset: Any, seed: int, device: torch.device) 
     """Batches of ``dataset`` as ``[run]`` sets them (the global batch split over ranks)."""
     run = recipe.run
     return BatchSource(dataset, run.batch_size // dist.world_size() * dist.world_size(), run.eval_batch_size,
-                       run.drop_last, seed, device, run.num_workers)
+                       run.drop_last, seed, device, run.num_workers, run.max_unreadable)
 
 
 def build_data(recipe: Recipe, registry: Registry, ctx: BuildContext) -> tuple[Any, dict[str, BatchSource], BuildContext]:

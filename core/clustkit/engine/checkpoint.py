@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from clustkit.engine.context import RunContext
 
 #: Recipe keys a resumed run may change.
-RESUMABLE_KEYS = ("run.epochs", "run.eval_every", "run.checkpoint_every")
+RESUMABLE_KEYS = ("run.epochs", "run.eval_every", "run.checkpoint_every", "run.report")
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 
 from clustkit import dist
 from clustkit.engine.batches import steps_per_epoch
-from clustkit.errors import RecipeError
+from clustkit.errors import RecipeError, RunDiverged
 
 if TYPE_CHECKING:
     import pluggy
@@ -35,6 +35,13 @@ class Prediction:
     source: str = ""
     scores: np.ndarray | None = None  # e.g. max soft-assignment, distance to centroid
     extra: dict[str, Any] = field(default_factory=dict)
+    # How a trained run assigns an image it has not seen (``clustkit predict``): ``rule`` "argmax"
+    # takes the argmax of head ``space``; "centroid" the nearest mean, over the run's clusters, of
+    # the features ``space`` ("backbone" or a head's name), "cosine_centroid" the same on
+    # L2-normalised features; ``momentum`` reads the momentum network.
+    space: str = "backbone"
+    rule: str = "centroid"
+    momentum: bool = False
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,7 @@ class RunContext:
     def print(self, *args: Any) -> None:
         """Print on rank 0 only; text is shown as is (square brackets are not rich markup)."""
         if self.is_main:
-            self.console.print(*args, markup=False, highlight=False)
+            self.console.print(*args, markup=False, highlight=False, soft_wrap=True)
 
     def wall_s(self) -> float:
         """Seconds this run has taken, across resumed invocations."""
@@ -186,15 +193,17 @@ class RunContext:
 
     # -- whole-dataset operations ---------------------------------------------------------------
     @torch.no_grad()
-    def extract(self, head: str | None = None, *, momentum: bool = False) -> torch.Tensor:
-        """Features (backbone, or head ``head``) of every item on the evaluation view, in index
-        order, on the CPU. Used by evaluators, per-epoch clustering and second stages."""
+    def extract(self, head: str | None = None, *, momentum: bool = False,
+                indices: Any = None, source: BatchSource | None = None) -> torch.Tensor:
+        """Features (backbone, or head ``head``) of every item (or of ``indices``, in that order)
+        of ``[data]`` (or of ``source``) on the evaluation view, on the CPU. Used by evaluators,
+        per-epoch clustering, second stages, the report and ``clustkit predict``."""
         net = self.momentum_model if momentum else self.model
         was_training = net.training
         net.eval()
         parts = []
         try:
-            for x, _, _ in self.source.eval_batches():
+            for x, _, _ in (source or self.source).eval_batches(indices):
                 view = self.hook.make_views(images=x, train=False, ctx=self)["eval"]
                 with self.autocast():
                     f = net.features(view)
@@ -209,6 +218,9 @@ class RunContext:
               seed: int | None = None, n_init: int | None = None) -> Any:
         """Cluster features through the ``assign_groups`` hook (the recipe's ``[grouping]``), on
         rank 0, and share the result with every rank."""
+        if isinstance(features, torch.Tensor) and not bool(torch.isfinite(features).all()):
+            raise RunDiverged(f"the features to cluster became non-finite at epoch {self.epoch} (step {self.step}): the "
+                              "network has diverged. Lower optimizer.lr and resume from the last good checkpoint.")
         result = None
         if self.is_main:
             result = self.hook.assign_groups(features=features, n_groups=n_groups or self.n_clusters,

@@ -13,7 +13,7 @@ import torch
 
 from clustkit.losses.contrast import cluster_contrast, nt_xent
 from clustkit.plugin_system.hookspecs import hookimpl
-from clustkit.plugin_system.registry import Pair
+from clustkit.plugin_system.registry import Pair, unknown_view
 
 if TYPE_CHECKING:
     from clustkit.engine.context import BuildContext, RunContext
@@ -27,8 +27,7 @@ def check_view_pairs(pairs: list[Pair], ctx: BuildContext, field: str = "pairs")
             raise ctx.error(f"{field}[{i}]", f"pairs a view with itself ({a!r}).")
         for v in (a, b):
             if ctx.view_names and v not in ctx.view_names:
-                raise ctx.error(f"{field}[{i}]", f"names view {v!r}, which the view generator "
-                                f"({ctx.recipe.views.name!r}) does not produce.", list(ctx.view_names))
+                raise ctx.error(f"{field}[{i}]", unknown_view(v, ctx.recipe.views.name), list(ctx.view_names))
 
 
 class PairLoss:

@@ -24,11 +24,20 @@ class ClusterHeadConfig(ComponentConfig):
     hidden: int = Field(512, ge=1, description="hidden width")
 
 
-class PipelineViewsConfig(ComponentConfig):
-    """Per-image SimCLR-style views: random resized crop, flip, colour jitter, grey, optional blur."""
+class NamedViewsConfig(ComponentConfig):
+    """A view generator making one training view per entry of ``names`` (the core's generators)."""
 
     names: list[str] = Field(default_factory=lambda: ["weak1", "weak2"], min_length=1,
                              description="one training view per name")
+
+    def view_names(self) -> tuple[str, ...]:
+        """The views the generator will make, so that ``clustkit check`` tests view pairs (docs/api.md)."""
+        return tuple(self.names)
+
+
+class PipelineViewsConfig(NamedViewsConfig):
+    """Per-image SimCLR-style views: random resized crop, flip, colour jitter, grey, optional blur."""
+
     size: int | None = Field(None, ge=4, description="crop size; default: the dataset's image size")
     strength: float = Field(0.5, ge=0, description="colour-jitter s, jitter (0.8s, 0.8s, 0.8s, 0.2s) with p=0.8: "
                             "0.5 CIFAR/Tiny-ImageNet (= (0.4, 0.4, 0.4, 0.1)), 1.0 ImageNet-10/Dogs/STL-10")
@@ -51,7 +60,5 @@ class AffineParams(BaseModel):
     noise_std: float = Field(0.05, ge=0)
 
 
-class TensorAffineConfig(ComponentConfig, AffineParams):
+class TensorAffineConfig(NamedViewsConfig, AffineParams):
     """Views made by one batched affine + erasing + noise call each (tiny images, any device)."""
-
-    names: list[str] = Field(default_factory=lambda: ["weak1", "weak2"], min_length=1)

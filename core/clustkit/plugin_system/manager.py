@@ -11,7 +11,8 @@ Environment variables (datasette/llm/tox conventions):
 * ``CLUSTKIT_STRICT_PLUGINS=1`` re-raises a plugin's import error instead of warning;
 * ``CLUSTKIT_TRACE_PLUGINS=1`` prints every hook call to stderr;
 * ``CLUSTKIT_PLUGINS_DIR=dir`` also loads every ``*.py`` file in ``dir`` as a plugin named
-  after the file (local plugins without packaging, as datasette's ``--plugins-dir``).
+  after the file (local plugins without packaging, as datasette's ``--plugins-dir``); the file
+  is imported as the top-level module of that name, so ``"myloose:CosAlign"`` factories work.
 """
 
 from __future__ import annotations
@@ -121,7 +122,6 @@ class PluginSet:
 
     def load_directory(self, directory: str, strict: bool = False) -> None:
         """Load every ``*.py`` file of ``directory`` as a plugin named after the file."""
-        import importlib.util
         from pathlib import Path
 
         for path in sorted(Path(directory).glob("*.py")):
@@ -129,17 +129,51 @@ class PluginSet:
             if name in self.info:
                 continue
             try:
-                spec = importlib.util.spec_from_file_location(f"clustkit_local_{name}", path)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                self.register(module, name, None, str(path))
+                self.register(_import_file(path), name, None, str(path))
             except Exception as exc:
                 if strict:
                     raise
                 self.failed[name] = f"{type(exc).__name__}: {exc}"
                 warnings.warn(f"clustkit plugin file {path} failed to load and is skipped: {type(exc).__name__}: {exc}",
                               PluginLoadWarning, stacklevel=2)
+
+
+def _import_file(path: Any) -> Any:
+    """Import a loose plugin file as the top-level module named after it (``sys.modules[stem]``), so
+    that ``"stem:attr"`` factory strings, pickling and ``import stem`` find it like any module. A file
+    is executed once per process; a stem that names another module is an error, never a shadowing."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(path).resolve()
+    name = path.stem
+    if "." in name:
+        raise ImportError(f"{path} would be imported as the module {name!r}, a submodule name; rename the plugin "
+                          f"file without dots, e.g. {name.replace('.', '_')}.py.")
+    existing = sys.modules.get(name)
+    if existing is not None:
+        origin = getattr(existing, "__file__", None)
+        if origin is not None and Path(origin).resolve() == path:
+            return existing
+        raise ImportError(f"{path} would be imported as the module {name!r}, but a module of that name is already "
+                          f"imported ({origin or 'built in'}); rename the plugin file.")
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        found = None
+    if found is not None and found.origin is not None and Path(found.origin).resolve() != path:
+        raise ImportError(f"{path} would be imported as the module {name!r}, which is already the name of "
+                          f"{found.origin}; rename the plugin file.")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 _DEFAULT: PluginSet | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, TypeVar
@@ -41,8 +42,14 @@ class _HeadReference:
 HeadRef = Annotated[str, _HeadReference()]
 #: Like :data:`HeadRef`, but ``"backbone"`` (the backbone's features) is allowed too.
 HeadOrBackbone = Annotated[str, _HeadReference(allow_backbone=True)]
-#: Two view names, e.g. ``("weak1", "strong")``.
-Pair = tuple[str, str]
+@dataclass(frozen=True)
+class _ViewPair:
+    """Metadata marking a config field whose value names two training views of the recipe."""
+
+
+#: Two view names, e.g. ``("weak1", "strong")``. The recipe loader checks every field of this type
+#: (also inside ``list[...]`` and ``X | None``) against the names the ``[views]`` config declares.
+Pair = Annotated[tuple[str, str], _ViewPair()]
 
 
 class ComponentConfig(BaseModel):
@@ -59,28 +66,124 @@ class LossConfig(ComponentConfig):
     weight: float = 1.0
 
 
+def _marker(annotation: Any, metadata: list[Any], kind: type[Any]) -> Any:
+    """The first ``kind`` metadata of a field, looking inside ``Annotated``, unions and containers."""
+    for m in metadata:
+        if isinstance(m, kind):
+            return m
+    if typing.get_origin(annotation) is Annotated:
+        return _marker(None, list(annotation.__metadata__), kind)
+    for arg in typing.get_args(annotation):
+        found = _marker(arg, [], kind)
+        if found is not None:
+            return found
+    return None
+
+
 def head_references(model: type[BaseModel]) -> list[tuple[str, bool]]:
     """(field name, backbone allowed) of every :data:`HeadRef` field of ``model`` (also inside
     ``X | None`` and ``list[X]``)."""
-
-    def marker(annotation: Any, metadata: list[Any]) -> _HeadReference | None:
-        for m in metadata:
-            if isinstance(m, _HeadReference):
-                return m
-        if typing.get_origin(annotation) is Annotated:
-            return marker(None, list(annotation.__metadata__))
-        for arg in typing.get_args(annotation):
-            found = marker(arg, [])
-            if found is not None:
-                return found
-        return None
-
     refs = []
     for name, info in model.model_fields.items():
-        found = marker(info.annotation, list(info.metadata))
+        found = _marker(info.annotation, list(info.metadata), _HeadReference)
         if found is not None:
             refs.append((name, found.allow_backbone))
     return refs
+
+
+def view_pair_fields(model: type[BaseModel]) -> list[str]:
+    """Names of the fields of ``model`` holding :data:`Pair` values (also ``list[Pair]``, ``Pair | None``)."""
+    return [name for name, info in model.model_fields.items()
+            if _marker(info.annotation, list(info.metadata), _ViewPair) is not None]
+
+
+def declared_view_names(config: BaseModel) -> tuple[str, ...] | None:
+    """The training views a ``[views]`` config says its generator will make, or ``None``.
+
+    The protocol (docs/api.md, "Views declare their names"): a view generator's config class may
+    define ``view_names(self) -> Sequence[str]``, equal to the built generator's ``view_names``.
+    It lets ``clustkit check`` test view pairs without building the data or the network."""
+    method = getattr(config, "view_names", None)
+    if not callable(method):
+        return None
+    return tuple(str(n) for n in method())
+
+
+def unknown_view(view: str, generator: str) -> str:
+    """The one wording of a view name the view generator does not make (recipe load and build time)."""
+    return f"names view {view!r}, which the view generator ({generator!r}) does not produce."
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One recipe key of a component's config, as ``clustkit plugins --show`` lists it."""
+
+    key: str  # dotted below nested models, e.g. "affine.degrees"
+    type: str  # as a recipe writer reads it: "float, > 0", "head name", "list[[view, view]]"
+    default: Any  # the default value; None with required=True
+    required: bool
+    description: str
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "min length"),
+           ("max_length", "max length"), ("pattern", "pattern"))
+
+
+def _type_text(annotation: Any) -> str:
+    """A field type as a recipe writer reads it (the markers :data:`HeadRef` and :data:`Pair` by meaning)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        for m in annotation.__metadata__:
+            if isinstance(m, _HeadReference):
+                return "head name | 'backbone'" if m.allow_backbone else "head name"
+            if isinstance(m, _ViewPair):
+                return "[view, view]"
+        return _type_text(args[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is typing.Union or isinstance(annotation, types.UnionType):
+        return " | ".join(_type_text(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    if annotation is Ellipsis:
+        return "..."
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_text(a) for a in args)}]"
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
+def config_fields(model: type[BaseModel], prefix: str = "") -> list[ConfigField]:
+    """The recipe keys of a config model (``name`` left out), with type, bounds, default and
+    description; the fields of a nested model (SACC's ``affine``) as dotted keys."""
+    out = []
+    for name, info in model.model_fields.items():
+        if name == "name" and not prefix:
+            continue
+        key = f"{prefix}{name}"
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(config_fields(ann, f"{key}."))
+            continue
+        markers = [m for m in info.metadata if isinstance(m, (_HeadReference, _ViewPair))]
+        text = _type_text(Annotated[ann, markers[0]] if markers else ann)
+        bounds = [f"{sign} {getattr(m, attr)}" for m in info.metadata for attr, sign in _BOUNDS
+                  if getattr(m, attr, None) is not None]
+        if bounds:
+            text += ", " + ", ".join(bounds)
+        required = info.is_required()
+        try:
+            default = None if required else info.get_default(call_default_factory=True)
+        except TypeError:  # a factory that needs the other fields' values
+            default = "(computed)"
+        out.append(ConfigField(key, text, default, required, info.description or ""))
+    return out
+
+
+def qualified_name(obj: Any) -> str:
+    """``"module:attr"`` of a factory or config given as an object; a string as it is."""
+    if isinstance(obj, str):
+        return obj
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
 
 M = TypeVar("M", bound=BaseModel)

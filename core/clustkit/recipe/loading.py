@@ -18,7 +18,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from clustkit.errors import RecipeError
-from clustkit.plugin_system.registry import Registry, head_references
+from clustkit.plugin_system.registry import (Registry, declared_view_names, head_references, unknown_view,
+                                              view_pair_fields)
 from clustkit.recipe.errors import validation_error
 from clustkit.recipe.schema import (COMPONENT_SECTIONS, CORE_SECTIONS, DEFAULT_GROUPING, TOP_LEVEL, MomentumSection,
                                     Recipe, RunSection)
@@ -149,6 +150,7 @@ def _check_references(recipe: Recipe, file: str) -> None:
             if isinstance(ref, str) and ref not in recipe.heads and not (allow_backbone and ref == "backbone"):
                 allowed = ["backbone", *heads] if allow_backbone else heads
                 raise RecipeError(file, f"{key}.{attr}", f"names head {ref!r}, which the recipe does not define.", allowed)
+    _check_view_pairs(recipe, file)
     if recipe.momentum is not None:
         for ref in recipe.momentum.heads:
             if ref not in recipe.heads:
@@ -166,6 +168,29 @@ def _check_references(recipe: Recipe, file: str) -> None:
     for prefix in recipe.optimizer.lr_mult:
         if not prefix:
             raise RecipeError(file, "optimizer.lr_mult", "has an empty parameter prefix.")
+
+
+def _pairs(value: Any, key: str) -> list[tuple[str, Any]]:
+    """(key path, pair) of every view pair in a :data:`Pair` field's value (a pair, a list of them, None)."""
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, str) for v in value):
+        return [(key, value)]
+    if isinstance(value, (tuple, list)):
+        return [found for i, v in enumerate(value) for found in _pairs(v, f"{key}[{i}]")]
+    return []
+
+
+def _check_view_pairs(recipe: Recipe, file: str) -> None:
+    """Every :data:`Pair` field of every component names views the ``[views]`` config declares
+    (``declared_view_names``); without a declaration only the build-time check applies."""
+    names = declared_view_names(recipe.views)
+    if names is None:
+        return
+    for key, _, cfg in recipe.components:
+        for attr in view_pair_fields(type(cfg)):
+            for where, pair in _pairs(getattr(cfg, attr), f"{key}.{attr}"):
+                for view in pair:
+                    if view not in names:
+                        raise RecipeError(file, where, unknown_view(view, recipe.views.name), list(names))
 
 
 def load(path: str | Path, registry: Registry, overrides: list[str] | None = None,

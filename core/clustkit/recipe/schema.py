@@ -34,6 +34,10 @@ class RunSection(_Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     deterministic: bool = False
+    report: bool = Field(True, description="write report.html and its figures into the run folder (docs/report.md)")
+    max_unreadable: float = Field(
+        0.01, ge=0, le=1, description="unreadable images are reported once and skipped; the run stops when more "
+        "than this fraction of the dataset is unreadable")
     plugins: list[str] = Field(default_factory=list, description="plugins the recipe needs")
     unlabeled_losses: list[str] = Field(
         default_factory=list, description="loss keys trained on the [unlabeled] dataset each epoch, in a pass before "

@@ -1,0 +1,182 @@
+"""``clustkit predict``, ``evaluate`` and ``export``: using a trained run folder. Each only reads
+the run folder; what it writes goes where ``--out`` says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from clustkit.errors import UserError
+
+DATA_HELP = "Override the run's [data] (another split or dataset): --set data.split='test' (repeatable)."
+
+
+def _fail(exc: UserError) -> None:
+    from clustkit.cli.app import fail
+
+    fail(exc)
+
+
+def _check_out(path: Path, run_dir: Path) -> None:
+    """Never write into the run folder itself: a later command must not damage a run."""
+    if path.resolve().is_relative_to(run_dir.resolve()):
+        raise UserError(f"--out {path} lies inside the run folder {run_dir}; write it elsewhere (the run folder is "
+                        "left as the run wrote it).")
+
+
+def write_table(columns: dict[str, Any], path: Path) -> None:
+    """Columns (equal-length lists / arrays) as CSV, or Parquet when ``path`` ends in .parquet."""
+    import numpy as np
+
+    from clustkit.atomic import atomic_write
+
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError(f"writing {path} needs pyarrow: pip install 'clustkit[parquet]' (or use a .csv name).") from None
+        arrays = {k: pa.array(list(v) if isinstance(v, np.ndarray) and v.ndim == 2 else v) for k, v in columns.items()}
+        atomic_write(path, lambda fh: pq.write_table(pa.table(arrays), fh))
+        return
+    import csv
+    import io
+
+    names, values = [], []
+    for k, v in columns.items():
+        if isinstance(v, np.ndarray) and v.ndim == 2:  # an embedding: one column per dimension
+            names += [f"{k}_{j}" for j in range(v.shape[1])]
+            values += [v[:, j] for j in range(v.shape[1])]
+        else:
+            names.append(k)
+            values.append(v)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(names)
+    for row in zip(*values):
+        w.writerow([f"{x:.6g}" if isinstance(x, float) or getattr(x, "dtype", None) == np.float32 else x for x in row])
+    atomic_write(path, buf.getvalue())
+
+
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `clustkit run`."),
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders of images (searched recursively)."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV file (or .parquet, with pyarrow)."),
+    embedding: bool = typer.Option(False, "--embedding", help="Also write the features the assignment read."),
+    copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="Copy each image into DIR/cluster_<k>/."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: the recipe's)."),
+) -> None:
+    """Assign clusters to new images with a trained run; writes path, cluster and confidence."""
+    try:
+        from clustkit.trained import load_run
+
+        _check_out(out, run_dir)
+        if copy_to is not None:
+            _check_out(copy_to, run_dir)
+        run = load_run(run_dir, device=device)
+        result = run.predict(images, embedding=embedding)
+        columns: dict[str, Any] = {"path": result.paths, "cluster": result.clusters.tolist(),
+                                   "confidence": result.confidence.astype(float).tolist()}
+        if result.distance is not None:
+            columns["distance"] = result.distance.astype(float).tolist()
+        if result.embedding is not None:
+            columns["embedding"] = result.embedding
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_table(columns, out)
+        if copy_to is not None:
+            for i, (src, k) in enumerate(zip(result.paths, result.clusters.tolist())):
+                dest = copy_to / (f"cluster_{k}" if k >= 0 else "unreadable")
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / f"{i:06d}_{Path(src).name}")
+    except UserError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"wrote {out}: {len(result.paths)} images in {len(set(result.clusters.tolist()) - {-1})} clusters "
+               f"(rule: {run.rule} on {run.space})" + (f"; copies in {copy_to}" if copy_to else ""))
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `clustkit run`."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=DATA_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the result as JSON to this file."),
+    probes: bool = typer.Option(True, "--probes/--no-probes", help="kNN and linear-probe accuracy of the features."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: the recipe's)."),
+) -> None:
+    """Re-evaluate a run's checkpoint with every candidate clustering (and representation probes)."""
+    try:
+        from clustkit.trained import load_run
+
+        if out is not None:
+            _check_out(out, run_dir)
+        result = load_run(run_dir, overrides=set_, device=device).evaluate(probes=probes)
+        if out is not None:
+            from clustkit.atomic import atomic_write
+
+            atomic_write(out, json.dumps(result, indent=2) + "\n")
+    except UserError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = result["candidates"]
+    keys = [k for k in ("acc", "nmi", "ari", "ami", "size_entropy", "n_empty") if any(k in r for r in rows.values())]
+    table = Table(title=f"{result['run']} on {result['dataset']} ({result['n_samples']} images)")
+    table.add_column("candidate")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, r in rows.items():
+        table.add_row(name, *[f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k in keys])
+    console = Console()
+    console.print(table)
+    for k in ("knn_acc", "linear_probe_acc"):
+        if k in result:
+            console.print(f"{k} (backbone features, 5-fold): {result[k]:.4f}", highlight=False)
+
+
+def export(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `clustkit run`."),
+    features: list[str] = typer.Option(["backbone"], "--features", "-f",
+                                       help="backbone or a head's name (repeatable); soft-assignment heads give "
+                                            "the soft assignments."),
+    out: Path = typer.Option(Path("export"), "--out", "-o", help="Folder to write into."),
+    fmt: str = typer.Option("npy", "--format", help="npy (one array per file) or parquet (one table)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=DATA_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: the recipe's)."),
+) -> None:
+    """Write features (N × D) and soft assignments of the run's dataset, in index order."""
+    import numpy as np
+
+    try:
+        from clustkit.atomic import atomic_write
+        from clustkit.trained import load_run
+
+        if fmt not in ("npy", "parquet"):
+            raise UserError(f"--format {fmt!r} is not known; allowed values: npy, parquet.")
+        _check_out(out, run_dir)
+        run = load_run(run_dir, overrides=set_, device=device)
+        arrays = {space: run.features(space) for space in features}
+        labels = np.asarray(run.ctx.dataset.labels, dtype=np.int64)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        if fmt == "npy":
+            for space, a in {**arrays, "labels": labels}.items():
+                path = out / f"{space}.npy"
+                atomic_write(path, lambda fh, a=a: np.save(fh, a))
+                written.append(f"{path.name} {tuple(a.shape)}")
+        else:
+            path = out / "features.parquet"
+            write_table({"index": np.arange(len(labels)).tolist(), "label": labels.tolist(), **arrays}, path)
+            written.append(f"{path.name} ({len(labels)} rows: index, label, {', '.join(arrays)})")
+    except UserError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"wrote {out}: " + ", ".join(written))

@@ -1,0 +1,69 @@
+"""Label-free cluster diagnostics: numbers that help choose K and spot a degenerate clustering
+without ground truth.
+
+- ``size_entropy``: entropy of the cluster-size distribution over all ``n_clusters`` ids divided by
+  ``log(n_clusters)``. 1.0 is perfectly balanced, 0.0 is everything in one cluster (and always 0.0
+  when ``n_clusters`` is 1); a value that falls as K grows means the extra clusters go unused.
+- ``n_empty``: cluster ids with no member. Empty clusters mean K is larger than the model can fill
+  (or the training collapsed).
+- ``min_size_ratio`` / ``max_size_ratio``: smallest / largest cluster size divided by the size of a
+  perfectly balanced cluster (N / n_clusters). Near 0 flags a starved cluster, well above 1 a
+  cluster that swallows several classes.
+- ``silhouette``: cosine silhouette of the features on a seeded random sample (only when features
+  are given and the sample holds at least two clusters). It drops when K splits coherent groups.
+
+Only numpy and scikit-learn are used, so importing this module stays light (no torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clustkit.cluster.metrics import cluster_sizes
+
+__all__ = ["cluster_diagnostics"]
+
+
+def cluster_diagnostics(clusters: np.ndarray, n_clusters: int, features: np.ndarray | None = None, *,
+                        sample: int = 2000, seed: int = 0) -> dict[str, float | int]:
+    """Size balance, empty clusters and (with ``features``) a sampled cosine silhouette.
+
+    ``clusters`` holds one cluster id in ``range(n_clusters)`` per item; ``features`` (if given)
+    one row per item, in the same order. Values are plain, rounded python numbers so the dict can
+    go straight into JSON.
+    """
+    c = np.asarray(clusters).reshape(-1).astype(np.int64, copy=False)
+    k = int(n_clusters)
+    if k < 1:
+        raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+    sizes = cluster_sizes(c, k).astype(np.float64)
+    n = float(sizes.sum())
+    if n > 0:
+        q = sizes[sizes > 0] / n
+        entropy = float(-(q * np.log(q)).sum() / np.log(k)) if k > 1 else 0.0  # K=1: one cluster
+        balanced = n / k
+        min_ratio, max_ratio = float(sizes.min() / balanced), float(sizes.max() / balanced)
+    else:
+        entropy = min_ratio = max_ratio = 0.0
+    out: dict[str, float | int] = {
+        "size_entropy": round(min(1.0, max(0.0, entropy)), 6),
+        "n_empty": int((sizes == 0).sum()),
+        "min_size_ratio": round(min_ratio, 6),
+        "max_size_ratio": round(max_ratio, 6),
+    }
+
+    if features is not None and c.size:
+        x = np.asarray(features)
+        x = x.reshape(len(x), -1)
+        if len(x) != c.size:
+            raise ValueError(f"features has {len(x)} rows but clusters has {c.size} items")
+        idx = np.arange(c.size)
+        if c.size > sample:
+            idx = np.sort(np.random.default_rng(seed).choice(c.size, size=sample, replace=False))
+        cs = c[idx]
+        n_distinct = len(np.unique(cs))
+        if 2 <= n_distinct <= len(idx) - 1:  # sklearn's silhouette needs 2 <= labels <= n - 1
+            from sklearn.metrics import silhouette_score
+
+            out["silhouette"] = round(float(silhouette_score(x[idx], cs, metric="cosine")), 6)
+    return out

@@ -1,0 +1,69 @@
+"""The run folder's report (``report.html`` + figures, :mod:`clustkit.report`) from a built run:
+the engine's side, which knows the dataset, the network and the prediction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from clustkit.engine.context import Prediction, RunContext
+    from clustkit.recipe.schema import Recipe
+
+#: items whose features the embedding plot and the silhouette use (a seeded sample)
+SAMPLE = 2000
+
+
+def report_enabled(recipe: Recipe) -> bool:
+    """``run.report``, unless ``CLUSTKIT_REPORT`` (1/0) says otherwise for every run of a session
+    (batch jobs that need no figures; the test suite, which turns it on where it checks it)."""
+    env = os.environ.get("CLUSTKIT_REPORT", "").strip().lower()
+    if env:
+        return env not in ("0", "false", "no", "off")
+    return recipe.run.report
+
+
+def sample_indices(n: int, seed: int, size: int = SAMPLE) -> np.ndarray:
+    """A sorted, seeded sample of ``size`` item indices (all items when there are fewer)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def sample_features(ctx: RunContext, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, backbone features of those items on the evaluation view)."""
+    idx = sample_indices(len(ctx.dataset), ctx.seed if seed is None else seed)
+    return idx, ctx.extract(indices=idx).numpy()
+
+
+def dataset_images(dataset: Any):
+    """``images(indices) -> uint8 N×C×H×W``, as the report draws them."""
+
+    def images(indices: np.ndarray) -> np.ndarray:
+        return np.stack([dataset[int(i)][0].numpy() for i in indices]) if len(indices) else np.zeros((0, 1, 1, 1), np.uint8)
+
+    return images
+
+
+def write_curves(ctx: RunContext, folder: Path) -> None:
+    """Refresh the loss and metric curves (each evaluation epoch; cheap)."""
+    from clustkit.report import write_report
+
+    write_report(folder, history=ctx.history, title=ctx.recipe.run.name or Path(ctx.recipe.path).stem,
+                 curves_only=True, seed=ctx.seed)
+
+
+def write_run_report(ctx: RunContext, folder: Path, pred: Prediction, summary: dict[str, Any],
+                     features: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """The full report at the end of a run: curves, cluster sizes, confusion matrix, per-cluster
+    image grids and the embedding of a sample of backbone features."""
+    from clustkit.report import write_report
+
+    idx, feats = features if features is not None else sample_features(ctx)
+    return write_report(
+        folder, history=ctx.history, clusters=pred.labels, scores=pred.scores, labels=np.asarray(ctx.dataset.labels),
+        images=dataset_images(ctx.dataset), features=feats, feature_index=idx, n_clusters=ctx.n_clusters,
+        title=summary.get("method", ""), summary=summary, seed=ctx.seed)

@@ -1,0 +1,212 @@
+"""A finished (or checkpointed) run, loaded for use: features, cluster assignment of new images,
+re-evaluation with every candidate clustering, and representation probes."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from clustkit.engine.run_folder import ASSIGNMENTS, CHECKPOINT, RECIPE, SUMMARY
+from clustkit.errors import UserError
+
+
+@dataclass
+class Assignment:
+    """Clusters of some images: one row per image, in input order."""
+
+    clusters: np.ndarray                  # cluster id per image (-1: the file could not be read)
+    confidence: np.ndarray                # in [0, 1]: the max probability of the cluster head, or of
+                                          # the Student-t soft assignment to the centroids (DEC's q)
+    distance: np.ndarray | None = None    # distance to the chosen centroid (centroid rules only)
+    paths: list[str] = field(default_factory=list)
+    embedding: np.ndarray | None = None   # the features the rule read, when asked for
+
+
+def _probabilities(x: torch.Tensor) -> bool:
+    """Whether a head's output rows are probability vectors (a soft-assignment head)."""
+    return bool(x.numel()) and bool((x >= -1e-6).all()) and bool(torch.allclose(x.sum(1), torch.ones(len(x)), atol=1e-3))
+
+
+def _rows(x: np.ndarray, cosine: bool) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) if cosine else x
+
+
+class TrainedRun:
+    """A run folder loaded for use; build one with :func:`load_run`."""
+
+    def __init__(self, folder: Path, ctx: Any, summary: dict[str, Any], same_data: bool):
+        self.folder = folder
+        self.ctx = ctx
+        self.summary = summary
+        self.same_data = same_data
+        assign = summary.get("assign") or {}
+        self.rule: str = assign.get("rule", "centroid")
+        self.space: str = assign.get("space", "backbone")
+        self.momentum: bool = bool(assign.get("momentum", False))
+        self._centroids: np.ndarray | None = None
+
+    # -- features ---------------------------------------------------------------------------
+    @property
+    def heads(self) -> list[str]:
+        return sorted(self.ctx.model.heads)
+
+    def features(self, space: str = "backbone", images: Any = None, *, momentum: bool = False) -> np.ndarray:
+        """Features ``space`` ("backbone" or a head) of the run's dataset, or of ``images`` (a
+        dataset, or files and folders), on the evaluation view."""
+        if space != "backbone" and space not in self.ctx.model.heads:
+            raise UserError(f"{self.folder}: the network has no head {space!r}; choose backbone or one of: "
+                            f"{', '.join(self.heads)}.")
+        source = None if images is None else self._source(images)
+        head = None if space == "backbone" else space
+        return self.ctx.extract(head, momentum=momentum, source=source).numpy()
+
+    def _source(self, images: Any) -> Any:
+        from clustkit.engine.build import batch_source
+        from clustkit.trained.inputs import image_dataset
+
+        if not hasattr(images, "labels"):
+            images = image_dataset([images] if isinstance(images, (str, os.PathLike)) else list(images),
+                                   self.ctx.image_size, self.ctx.in_channels)
+        if images.channels != self.ctx.in_channels or tuple(images.image_size) != tuple(self.ctx.image_size):
+            raise UserError(f"the images are {images.channels}×{tuple(images.image_size)} but {self.folder} was "
+                            f"trained on {self.ctx.in_channels}×{tuple(self.ctx.image_size)} images.")
+        source = batch_source(self.ctx.recipe, images, self.ctx.seed, self.ctx.device)
+        source.max_unreadable = 1.0  # predicting: report an unreadable file, give it cluster -1, go on
+        return source
+
+    # -- assigning clusters ---------------------------------------------------------------------
+    def run_clusters(self) -> np.ndarray:
+        """The run's own final clusters (``assignments.csv``), one per item of its dataset."""
+        path = self.folder / ASSIGNMENTS
+        if not path.exists():
+            raise UserError(f"{self.folder} has no {ASSIGNMENTS}: the run has not finished (resume it first).")
+        return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)[:, 1]
+
+    def centroids(self) -> np.ndarray:
+        """The mean feature (in the run's clustering space) of each of the run's clusters: how a
+        "centroid" run assigns an image it has not seen."""
+        if self._centroids is None:
+            if not self.same_data:
+                raise UserError("centroid assignment needs the run's own dataset; drop the [data] overrides.")
+            clusters = self.run_clusters()
+            feats = _rows(self.features(self.space, momentum=self.momentum), self.rule == "cosine_centroid")
+            k = int(self.ctx.n_clusters)
+            cent = np.full((k, feats.shape[1]), np.inf, dtype=np.float32)
+            for c in range(k):
+                members = feats[clusters == c]
+                if len(members):
+                    cent[c] = members.mean(0)
+            self._centroids = cent
+        return self._centroids
+
+    def assign(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(clusters, confidence, distance or None) for features in the run's clustering space."""
+        if self.rule == "argmax":
+            return feats.argmax(1).astype(np.int64), feats.max(1).astype(np.float64), None
+        x = _rows(feats, self.rule == "cosine_centroid").astype(np.float64)
+        cent = self.centroids().astype(np.float64)
+        d2 = np.full((len(x), len(cent)), np.inf)
+        live = np.isfinite(cent).all(1)  # an empty cluster has no centroid
+        d2[:, live] = np.maximum((x ** 2).sum(1)[:, None] - 2 * x @ cent[live].T + (cent[live] ** 2).sum(1)[None], 0)
+        clusters = d2.argmin(1)
+        q = 1.0 / (1.0 + d2)  # Student-t kernel with one degree of freedom, as DEC's soft assignment
+        q /= q.sum(1, keepdims=True)
+        rows = np.arange(len(x))
+        return clusters.astype(np.int64), q[rows, clusters], np.sqrt(d2[rows, clusters])
+
+    def predict(self, images: Any, *, embedding: bool = False) -> Assignment:
+        """Clusters of new images (files, folders, or a dataset) by the run's own rule: the
+        argmax of its cluster head, or the nearest of its clusters' mean features."""
+        source = self._source(images)
+        head = None if self.space == "backbone" else self.space
+        feats = self.ctx.extract(head, momentum=self.momentum, source=source).numpy()
+        clusters, conf, dist = self.assign(feats)
+        bad = sorted(source.unreadable)
+        if bad:
+            clusters[bad] = -1
+        paths = list(getattr(source.dataset, "paths", [str(i) for i in range(len(clusters))]))
+        return Assignment(clusters, conf, dist, paths, feats if embedding else None)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def candidates(self) -> dict[str, np.ndarray]:
+        """Every clustering the run can give its dataset: the recipe's evaluation, the argmax of
+        each soft-assignment head, and k-means (the recipe's grouper) on the backbone and on each
+        head's features."""
+        from clustkit.engine.run import evaluate
+
+        ctx = self.ctx
+        pred, _ = evaluate(ctx)
+        out = {f"recipe ({pred.source})": pred.labels}
+        spaces = ["backbone", *self.heads]
+        for space in spaces:
+            feats = torch.from_numpy(self.features(space))
+            if space != "backbone" and _probabilities(feats):
+                out[f"argmax:{space}"] = feats.argmax(1).numpy()
+            result = ctx.group(feats, ctx.n_clusters, spherical=True)
+            out[f"kmeans:{space}"] = np.asarray(result.labels, dtype=np.int64)
+        return out
+
+    def evaluate(self, probes: bool = True) -> dict[str, Any]:
+        """Metrics (where the dataset has labels) and label-free diagnostics of every candidate,
+        plus kNN and linear-probe accuracy of the backbone features."""
+        from clustkit.cluster.diagnostics import cluster_diagnostics
+        from clustkit.cluster.metrics import evaluate_clustering
+        from clustkit.trained.probes import knn_accuracy, linear_probe_accuracy
+
+        labels = np.asarray(self.ctx.dataset.labels)
+        has_labels = bool((labels >= 0).any())
+        rows = {}
+        for name, clusters in self.candidates().items():
+            row: dict[str, Any] = dict(evaluate_clustering(labels, clusters)) if has_labels else {}
+            row.update(cluster_diagnostics(clusters[clusters >= 0], self.ctx.n_clusters))
+            rows[name] = row
+        result: dict[str, Any] = {"run": str(self.folder), "dataset": getattr(self.ctx.dataset, "name", ""),
+                                  "n_samples": len(labels), "candidates": rows}
+        if probes and has_labels:
+            feats = self.features("backbone")
+            keep = labels >= 0
+            result["knn_acc"] = knn_accuracy(feats[keep], labels[keep], seed=self.ctx.seed)
+            result["linear_probe_acc"] = linear_probe_accuracy(feats[keep], labels[keep], seed=self.ctx.seed)
+        return result
+
+
+def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device: str | None = None) -> TrainedRun:
+    """Rebuild a run from its folder (``recipe.toml`` + ``checkpoints/last.pt``) for use.
+    ``overrides`` (``"data.split='test'"``, ...) change the dataset it reads; ``device`` the device
+    (default: the recipe's). The run folder is only read, never written."""
+    from clustkit.engine.build import build_run
+    from clustkit.plugin_system.manager import get_plugins
+    from clustkit.recipe import load
+
+    path = Path(os.path.expanduser(str(folder)))
+    for name in (RECIPE, CHECKPOINT):
+        if not (path / name).exists():
+            raise UserError(f"{path} is not a run folder: it has no {name}. Pass the folder a `clustkit run` wrote "
+                            f"(it holds {RECIPE}, {SUMMARY} and {CHECKPOINT}).")
+    summary_file = path / SUMMARY
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    state = torch.load(path / CHECKPOINT, map_location="cpu", weights_only=False)
+    extra = list(overrides)
+    if overrides and summary.get("n_clusters"):  # another dataset: keep the heads' trained size
+        extra.append(f"run.n_clusters={int(summary['n_clusters'])}")
+    if device is not None:
+        extra.append(f'run.device="{device}"')
+    plugins = get_plugins()
+    recipe = load(path / RECIPE, plugins.registry, extra)
+    ctx = build_run(recipe, plugins, None)
+    ctx.model.load_state_dict(state["model"])
+    if ctx.has_momentum and state.get("momentum_model") is not None:
+        ctx.momentum_model.load_state_dict(state["momentum_model"])
+    ctx.epoch, ctx.step = int(state["epoch"]), int(state["step"])
+    same_data = not overrides
+    if same_data:  # component state (a second stage's result) belongs to the run's own dataset
+        ctx.phase = state["phase"]
+        ctx.hook.load_checkpoint_state(state=state["components"], ctx=ctx)
+    ctx.model.eval()
+    return TrainedRun(path, ctx, summary, same_data)
