@@ -162,6 +162,8 @@ def test_help_does_not_import_torch() -> None:
     code = ("import sys; from typer.testing import CliRunner; from clustkit.cli import app; "
             "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
             "r = CliRunner().invoke(app, ['plugins']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['plugins', '--show', 'cc']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['plugins', '--show', 'digpro', '--json']); assert r.exit_code == 0, r.output; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +70,6 @@ def test_unknown_name_exits_2_listing_the_plugins() -> None:
     message = " ".join(result.stderr.split())
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "'sac'" in message and "sacc" in message and "builtin, cc" in message
-
-
-def test_show_does_not_import_torch() -> None:
-    code = ("import sys; from typer.testing import CliRunner; from clustkit.cli import app; "
-            "r = CliRunner().invoke(app, ['plugins', '--show', 'cc']); assert r.exit_code == 0, r.output; "
-            "r = CliRunner().invoke(app, ['plugins', '--show', 'digpro', '--json']); assert r.exit_code == 0, r.output; "
-            "print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
 
 
 def test_show_a_loose_plugin_with_object_factories_and_no_components(tmp_path: Path) -> None:

@@ -197,3 +197,19 @@ def test_an_untrained_evaluation_head_is_warned_about_in_the_run_and_the_bench(t
                 "--set", "run.report=false", "--out", str(tmp_path / "bench"))
     assert bench.returncode == 0, bench.stderr
     assert "no loss trained" in bench.stdout + bench.stderr
+
+
+def test_tensorboard_gets_every_epochs_scalars(tiny_recipe: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = cli("run", str(tiny_recipe), "--out", str(out), "--set", "run.eval_every=1", *NO_REPORT,
+                 env={"CLUSTKIT_TENSORBOARD": "1"})
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/instance", "loss/cluster", "loss/loss", "train/lr", "metrics/acc", "metrics/nmi"} <= tags
+    assert [e.step for e in events.Scalars("loss/instance")] == [1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert events.Scalars("metrics/acc")[-1].value == pytest.approx(summary["acc"], abs=1e-6)

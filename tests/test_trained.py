@@ -139,3 +139,17 @@ def test_bad_inputs_exit_2_without_a_traceback(trained: dict[str, Path], tmp_pat
         result = cli(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr and "error" in result.stderr
+
+
+def test_predict_the_runs_own_dataset_reproduces_its_assignments(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Without IMAGES the run's dataset is predicted: the argmax run gives assignments.csv exactly,
+    the k-means run (its centroids kept in the checkpoint) nearly exactly."""
+    for name, least in (("argmax", 1.0), ("kmeans", 0.99)):
+        out = tmp_path / f"{name}.csv"
+        result = cli("predict", str(trained[name]), "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        with out.open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert list(rows[0])[:3] == ["index", "label", "cluster"] and len(rows) == 1797
+        agree = np.mean([int(r["cluster"]) == a for r, a in zip(rows, _assignments(trained[name]))])
+        assert agree >= least, (name, agree)

@@ -78,4 +78,5 @@ class KMeansEvaluator:
         result = ctx.group(feats, ctx.n_clusters, spherical=self.cfg.spherical)
         return Prediction(np.asarray(result.labels, dtype=np.int64), source=f"kmeans:{self.cfg.features}",
                           space=self.cfg.features, rule="cosine_centroid" if self.cfg.spherical else "centroid",
-                          momentum=self.cfg.momentum, extra={"kmeans_backend": result.backend, "kmeans_inertia": float(result.inertia)})
+                          momentum=self.cfg.momentum, centroids=np.asarray(result.centroids, dtype=np.float32),
+                          extra={"kmeans_backend": result.backend, "kmeans_inertia": float(result.inertia)})

@@ -64,10 +64,12 @@ def write_table(columns: dict[str, Any], path: Path) -> None:
 
 def predict(
     run_dir: Path = typer.Argument(..., help="A run folder written by `clustkit run`."),
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders of images (searched recursively)."),
+    images: Optional[list[Path]] = typer.Argument(None, help="Image files and/or folders of images (searched "
+                                                  "recursively); none: the run's dataset, with --set overrides."),
     out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV file (or .parquet, with pyarrow)."),
     embedding: bool = typer.Option(False, "--embedding", help="Also write the features the assignment read."),
-    copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="Copy each image into DIR/cluster_<k>/."),
+    copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="Copy each image file into DIR/cluster_<k>/."),
+    set_: list[str] = typer.Option([], "--set", "-s", help=DATA_HELP + " Without IMAGES: the dataset to predict."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: the recipe's)."),
 ) -> None:
     """Assign clusters to new images with a trained run; writes path, cluster and confidence."""
@@ -77,10 +79,17 @@ def predict(
         _check_out(out, run_dir)
         if copy_to is not None:
             _check_out(copy_to, run_dir)
-        run = load_run(run_dir, device=device)
-        result = run.predict(images, embedding=embedding)
-        columns: dict[str, Any] = {"path": result.paths, "cluster": result.clusters.tolist(),
-                                   "confidence": result.confidence.astype(float).tolist()}
+        if images and set_:
+            raise UserError("--set changes the run's dataset, which is predicted when no IMAGES are given; "
+                            "pass either IMAGES or --set.")
+        run = load_run(run_dir, overrides=set_, device=device)
+        dataset = run.ctx.dataset
+        result = run.predict(images or dataset, embedding=embedding)
+        columns: dict[str, Any] = {"path": result.paths} if images or hasattr(dataset, "paths") else \
+            {"index": list(range(len(result.clusters)))}
+        if not images and dataset.has_labels:
+            columns["label"] = [int(v) for v in dataset.labels]
+        columns.update({"cluster": result.clusters.tolist(), "confidence": result.confidence.astype(float).tolist()})
         if result.distance is not None:
             columns["distance"] = result.distance.astype(float).tolist()
         if result.embedding is not None:
@@ -88,6 +97,8 @@ def predict(
         out.parent.mkdir(parents=True, exist_ok=True)
         write_table(columns, out)
         if copy_to is not None:
+            if not result.paths or "path" not in columns:
+                raise UserError("--copy-to needs image files (IMAGES, or a dataset read from files).")
             for i, (src, k) in enumerate(zip(result.paths, result.clusters.tolist())):
                 dest = copy_to / (f"cluster_{k}" if k >= 0 else "unreadable")
                 dest.mkdir(parents=True, exist_ok=True)

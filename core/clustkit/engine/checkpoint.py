@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from clustkit.engine.context import RunContext
 
 #: Recipe keys a resumed run may change.
-RESUMABLE_KEYS = ("run.epochs", "run.eval_every", "run.checkpoint_every", "run.report")
+RESUMABLE_KEYS = ("run.epochs", "run.eval_every", "run.checkpoint_every", "run.report",
+                  "run.tensorboard")
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,7 +65,7 @@ class Checkpointer:
             "momentum_model": ctx.momentum_model.state_dict() if ctx.has_momentum else None,
             "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
             "rng": rng_state(), "components": components, "wall_s": ctx.wall_s(),
-            "fingerprint": self.fingerprint, "history": ctx.history,
+            "fingerprint": self.fingerprint, "history": ctx.history, "assignment": ctx.assignment,
         }
         atomic_write(self.path, lambda fh: torch.save(state, fh))
 
@@ -89,4 +90,5 @@ class Checkpointer:
         ctx.hook.load_checkpoint_state(state=state["components"], ctx=ctx)
         ctx.wall_before = float(state["wall_s"])
         ctx.history = list(state.get("history", []))
+        ctx.assignment = dict(state.get("assignment") or {})
         return True

@@ -42,6 +42,7 @@ class Prediction:
     space: str = "backbone"
     rule: str = "centroid"
     momentum: bool = False
+    centroids: np.ndarray | None = None  # the clusters' centres in ``space``, when the evaluator has them
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ class RunContext:
     step: int = 0                     # optimizer steps so far
     phase: str = "train"              # "train" -> "post" (after_training) -> "done"
     current_pass: str = "data"        # "unlabeled" during the [unlabeled] pass of an epoch
-    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, one entry per evaluation
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, one entry per epoch
+    assignment: dict[str, Any] = field(default_factory=dict)  # how the finished run assigns new images
     wall_before: float = 0.0          # seconds spent by earlier invocations (resume)
     started: float = field(default_factory=time.perf_counter)
 

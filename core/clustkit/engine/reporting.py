@@ -17,13 +17,17 @@ if TYPE_CHECKING:
 SAMPLE = 2000
 
 
+def env_switch(name: str, default: bool) -> bool:
+    """An on/off environment variable (1/0, true/false, yes/no, on/off) that, when set, overrides
+    the recipe's ``default`` for every run of a session."""
+    env = os.environ.get(name, "").strip().lower()
+    return env not in ("0", "false", "no", "off") if env else default
+
+
 def report_enabled(recipe: Recipe) -> bool:
-    """``run.report``, unless ``CLUSTKIT_REPORT`` (1/0) says otherwise for every run of a session
-    (batch jobs that need no figures; the test suite, which turns it on where it checks it)."""
-    env = os.environ.get("CLUSTKIT_REPORT", "").strip().lower()
-    if env:
-        return env not in ("0", "false", "no", "off")
-    return recipe.run.report
+    """``run.report``, unless ``CLUSTKIT_REPORT`` says otherwise (batch jobs that need no
+    figures; the test suite, which turns it on where it checks it)."""
+    return env_switch("CLUSTKIT_REPORT", recipe.run.report)
 
 
 def sample_indices(n: int, seed: int, size: int = SAMPLE) -> np.ndarray:

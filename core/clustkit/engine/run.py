@@ -17,7 +17,8 @@ from clustkit import dist
 from clustkit.engine.build import build_run, loss_callers
 from clustkit.engine.context import Prediction, RunContext
 from clustkit.engine.progress import EpochProgress
-from clustkit.engine.reporting import report_enabled, sample_features, write_curves, write_run_report
+from clustkit.engine.reporting import env_switch, report_enabled, sample_features, write_curves, write_run_report
+from clustkit.engine.tensorboard import TensorBoardLog
 from clustkit.engine.run_folder import CHECKPOINT, SUMMARY, RunFolder
 from clustkit.engine.step import train_step
 from clustkit.errors import RunDiverged, UserError
@@ -49,16 +50,21 @@ class Run:
                 return finished
         folder.write_recipe(dumps(self.recipe))
         folder.write_metrics(ctx.history)
+        board = TensorBoardLog(folder.path, env_switch("CLUSTKIT_TENSORBOARD", self.recipe.run.tensorboard))
         ctx.hook.on_run_start(ctx=ctx)
         if ctx.phase == "train":
-            self.train(ctx, folder)
+            self.train(ctx, folder, board)
             ctx.phase = "post"
             ctx.save_checkpoint()
         if ctx.phase == "post":
             ctx.hook.after_training(ctx=ctx)  # second stages (IcicleGCN's GCN)
         pred, metrics = evaluate(ctx)
+        ctx.assignment = {"rule": pred.rule, "space": pred.space, "momentum": pred.momentum,
+                          "centroids": pred.centroids}  # saved with the final checkpoint, for predict
         self.record_final(ctx, metrics)
         folder.write_metrics(ctx.history)
+        board.log({"epoch": ctx.epoch, **metrics})
+        board.close()
         features = sample_features(ctx)  # silhouette, and the report's embedding
         summary = self.summary(ctx, pred, metrics, features)
         ctx.hook.on_run_end(ctx=ctx, summary=summary)
@@ -107,7 +113,7 @@ class Run:
         return None
 
     # -- training ---------------------------------------------------------------------------
-    def train(self, ctx: RunContext, folder: RunFolder) -> None:
+    def train(self, ctx: RunContext, folder: RunFolder, board: TensorBoardLog) -> None:
         """The epochs still to run; one metrics.jsonl line per epoch (losses, lr, images/s, and
         the metrics at evaluation epochs)."""
         r = self.recipe
@@ -147,6 +153,7 @@ class Run:
                     ctx.model.train()
                 ctx.history.append(entry)
                 folder.write_metrics(ctx.history)
+                board.log(entry)
                 if ctx.epoch % r.run.checkpoint_every == 0 or ctx.epoch == ctx.epochs:
                     ctx.save_checkpoint()
                 progress.epoch_done(entry)

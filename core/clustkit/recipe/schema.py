@@ -35,6 +35,7 @@ class RunSection(_Strict):
     channels_last: bool = False
     deterministic: bool = False
     report: bool = Field(True, description="write report.html and its figures into the run folder (docs/report.md)")
+    tensorboard: bool = Field(False, description="also log each epoch's scalars to <run folder>/tensorboard")
     max_unreadable: float = Field(
         0.01, ge=0, le=1, description="unreadable images are reported once and skipped; the run stops when more "
         "than this fraction of the dataset is unreadable")

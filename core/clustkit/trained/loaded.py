@@ -40,16 +40,18 @@ def _rows(x: np.ndarray, cosine: bool) -> np.ndarray:
 class TrainedRun:
     """A run folder loaded for use; build one with :func:`load_run`."""
 
-    def __init__(self, folder: Path, ctx: Any, summary: dict[str, Any], same_data: bool):
+    def __init__(self, folder: Path, ctx: Any, summary: dict[str, Any], same_data: bool,
+                 assignment: dict[str, Any] | None = None):
         self.folder = folder
         self.ctx = ctx
         self.summary = summary
         self.same_data = same_data
-        assign = summary.get("assign") or {}
+        assign = assignment or summary.get("assign") or {}  # the final checkpoint's, else summary.json's
         self.rule: str = assign.get("rule", "centroid")
         self.space: str = assign.get("space", "backbone")
         self.momentum: bool = bool(assign.get("momentum", False))
-        self._centroids: np.ndarray | None = None
+        stored = assign.get("centroids")
+        self._centroids: np.ndarray | None = None if stored is None else np.asarray(stored, dtype=np.float32)
 
     # -- features ---------------------------------------------------------------------------
     @property
@@ -89,11 +91,13 @@ class TrainedRun:
         return np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)[:, 1]
 
     def centroids(self) -> np.ndarray:
-        """The mean feature (in the run's clustering space) of each of the run's clusters: how a
-        "centroid" run assigns an image it has not seen."""
+        """The centre of each of the run's clusters in its clustering space: the evaluator's own
+        centroids (k-means) when the checkpoint holds them, else the mean feature of each cluster
+        of ``assignments.csv`` (e.g. after a GCN second stage)."""
         if self._centroids is None:
             if not self.same_data:
-                raise UserError("centroid assignment needs the run's own dataset; drop the [data] overrides.")
+                raise UserError(f"{self.folder} assigns images by its clusters' mean features, which are computed "
+                                "on its own dataset: drop the [data] overrides, or pass image files instead.")
             clusters = self.run_clusters()
             feats = _rows(self.features(self.space, momentum=self.momentum), self.rule == "cosine_centroid")
             k = int(self.ctx.n_clusters)
@@ -109,10 +113,12 @@ class TrainedRun:
         """(clusters, confidence, distance or None) for features in the run's clustering space."""
         if self.rule == "argmax":
             return feats.argmax(1).astype(np.int64), feats.max(1).astype(np.float64), None
-        x = _rows(feats, self.rule == "cosine_centroid").astype(np.float64)
+        cosine = self.rule == "cosine_centroid"
+        x = _rows(feats, cosine).astype(np.float64)
         cent = self.centroids().astype(np.float64)
-        d2 = np.full((len(x), len(cent)), np.inf)
         live = np.isfinite(cent).all(1)  # an empty cluster has no centroid
+        cent[live] = _rows(cent[live], cosine)
+        d2 = np.full((len(x), len(cent)), np.inf)
         d2[:, live] = np.maximum((x ** 2).sum(1)[:, None] - 2 * x @ cent[live].T + (cent[live] ** 2).sum(1)[None], 0)
         clusters = d2.argmin(1)
         q = 1.0 / (1.0 + d2)  # Student-t kernel with one degree of freedom, as DEC's soft assignment
@@ -209,4 +215,4 @@ def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device
         ctx.phase = state["phase"]
         ctx.hook.load_checkpoint_state(state=state["components"], ctx=ctx)
     ctx.model.eval()
-    return TrainedRun(path, ctx, summary, same_data)
+    return TrainedRun(path, ctx, summary, same_data, state.get("assignment"))
