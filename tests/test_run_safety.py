@@ -186,17 +186,16 @@ def test_unreadable_recipes_exit_2_with_one_paragraph(tmp_path: Path) -> None:
 
 def test_an_untrained_evaluation_head_is_warned_about_in_the_run_and_the_bench(tiny_recipe: Path,
                                                                               tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = cli("run", str(tiny_recipe), "--out", str(out), "--set", "losses.cluster.weight=0", *NO_REPORT)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert any("no loss trained" in w for w in summary["warnings"]) and "no loss trained" in result.stderr
-    ok = cli("run", str(tiny_recipe), "--out", str(tmp_path / "ok"), "--set", "run.epochs=1", *NO_REPORT)
-    assert ok.returncode == 0 and "warnings" not in json.loads((tmp_path / "ok" / "summary.json").read_text())
+    out = tmp_path / "bench"
     bench = cli("bench", str(tiny_recipe), "--grid", "losses.cluster.weight=1,0", "--seeds", "0", "--set", "run.epochs=1",
-                "--set", "run.report=false", "--out", str(tmp_path / "bench"))
+                "--out", str(out))
     assert bench.returncode == 0, bench.stderr
-    assert "no loss trained" in bench.stdout + bench.stderr
+    trained, ablated = (json.loads((out / f"tiny__losses.cluster.weight={w}" / "seed0" / "summary.json").read_text())
+                        for w in (1, 0))
+    assert "warnings" not in trained
+    assert any("no loss trained" in w for w in ablated["warnings"])
+    assert "no loss trained" in " ".join((bench.stdout + bench.stderr).split())
+    assert "no loss trained" in (out / "results.md").read_text()
 
 
 def test_tensorboard_gets_every_epochs_scalars(tiny_recipe: Path, tmp_path: Path) -> None:
