@@ -249,3 +249,33 @@ def test_tiny_dchl_run_end_to_end(plugin_set, tmp_path: Path):
     assert summary["epochs"] == 1 and 0 <= summary["acc"] <= 1
     history = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert "group_self" in history and "group_cross" in history
+
+
+def test_dchl_without_its_group_branch_is_cc_bit_for_bit(plugin_set, tmp_path: Path):
+    """DCHL's instance and coarse terms are CC's losses: with the group term and the fine head
+    (which only that term reads) left out, three training steps of recipes/dchl.toml give exactly
+    the loss values of recipes/cc.toml (same seed, same views, same parameters). At group weight
+    0 the term is not built; the fine head would still be, and its initialisation draws from the
+    RNG, so the runs would differ only by that draw."""
+    import re
+
+    from clustkit.engine.run import Run
+    from clustkit.engine.step import train_step
+    from clustkit.recipe import load
+
+    text = (REPO / "recipes" / "dchl.toml").read_text()
+    for table in ("heads.fine", "losses.group"):
+        text = re.sub(rf"\[{re.escape(table)}\]\n(.*\n)*?\n", "", text, count=1)
+    assert "[heads.fine]" not in text and "[losses.group]" not in text
+    path = tmp_path / "dchl_no_fine.toml"
+    path.write_text(text)
+    ps = plugin_set()
+
+    def three_steps(recipe: Path, extra: list[str]) -> list[dict[str, float]]:
+        run = Run(load(recipe, ps.registry, ["backbone.width=8", *extra]), ps, None)
+        ctx = run.build()
+        losses, batches = run.passes(ctx)["data"], ctx.source.train_batches(0)
+        return [{k: float(v) for k, v in train_step(ctx, next(batches), losses).items()} for _ in range(3)]
+
+    dchl, cc = three_steps(path, []), three_steps(REPO / "recipes" / "cc.toml", [])
+    assert dchl == cc and set(cc[0]) == {"instance", "cluster", "loss"}

@@ -14,6 +14,8 @@ from clustkit.engine.network import ema_update
 from clustkit.engine.run import Run
 from clustkit.errors import RecipeError
 from clustkit.recipe import load
+
+REPO = Path(__file__).resolve().parents[1]
 from clustkit_digpro.losses import (
     byol_loss,
     cluster_prototypes,
@@ -134,6 +136,40 @@ def test_engine_ema_update_matches_naive() -> None:
         assert torch.allclose(t, 0.9 * b + 0.1 * o), name
     for (name, t), o in zip(target.named_buffers(), online.buffers()):
         assert torch.equal(t, o), name  # buffers copied, not averaged
+
+
+def test_ema_update_keeping_the_targets_own_batchnorm_statistics() -> None:
+    """The reference averages parameters only (MoCo/BYOL wrappers): the target's BatchNorm
+    running statistics are its own, moved by its own forward passes."""
+    online, target = _net(0), _net(1)
+    online(torch.randn(8, 3))
+    own = {n: b.clone() for n, b in target.named_buffers()}
+    before = copy.deepcopy(target)
+    ema_update(target, online, 0.9, copy_buffers=False)
+    for (name, t), o, b in zip(target.named_parameters(), online.parameters(), before.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * o), name
+    for name, t in target.named_buffers():
+        assert torch.equal(t, own[name]), name
+
+
+@pytest.mark.parametrize("buffers", ["copy", "own"])
+def test_the_engine_step_follows_momentum_buffers(buffers: str, digpro_recipe: Path, plugin_set) -> None:
+    """After a training step the target's BatchNorm statistics are the online network's ("copy"),
+    or the result of the target's own forward pass on the step's views ("own")."""
+    from clustkit.engine.step import train_step
+
+    ps = plugin_set()
+    ctx = Run(load(digpro_recipe, ps.registry, [f'momentum.buffers="{buffers}"']), ps, None).build()
+    losses = Run(ctx.recipe, ps, None).passes(ctx)["data"]
+    train_step(ctx, next(ctx.source.train_batches(0)), losses)
+    online = dict(ctx.model.named_buffers())
+    means = [(n, b) for n, b in ctx.momentum_model.named_buffers() if n.endswith("running_mean")]
+    assert means
+    if buffers == "copy":
+        assert all(torch.equal(b, online[n]) for n, b in means)
+    else:  # the online and target networks saw different inputs' statistics, and so differ
+        assert not any(torch.equal(b, online[n]) for n, b in means)
+        assert all(b.abs().sum() > 0 for _, b in means)  # moved from the initial zeros by its own forward
 
 
 def test_double_ema_equals_one_step_with_product_momentum() -> None:
@@ -351,3 +387,12 @@ def test_zero_weight_term_is_not_built(digpro_recipe: Path, plugin_set) -> None:
     ctx = Run(load(digpro_recipe, ps.registry, ["losses.proto.weight=0", "losses.group.weight=0"]), ps, None).build()
     assert "losses.proto" not in ctx.components and "losses.group" not in ctx.components
     assert "losses.byol" in ctx.components
+
+
+@pytest.mark.parametrize("dataset", ["imagenet10", "imagenet_dogs", "tiny_imagenet"])
+def test_paper_setting_recipes_follow_the_reference_target_network(dataset: str, plugin_set) -> None:
+    """The authors' code takes a second EMA step (0.99) on non-reset iterations and averages only
+    the parameters of the target network: the paper-setting recipes do both (docs/plugins/digpro.md)."""
+    recipe = load(REPO / "recipes" / dataset / "digpro.toml", plugin_set().registry)
+    assert recipe.losses["group"].double_ema and recipe.losses["group"].double_ema_momentum == 0.99
+    assert recipe.momentum is not None and recipe.momentum.buffers == "own"

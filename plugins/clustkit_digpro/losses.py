@@ -240,7 +240,8 @@ class GroupLoss(_DigProLoss):
         q = torch.cat([out.head(a, self.cfg.projector), out.head(b, self.cfg.projector)]).detach()
         self.ptr, self.filled = ring_enqueue(self.bank, self.ptr, self.filled, F.normalize(q.float(), dim=1))
         if self.cfg.double_ema and not self.is_reset_iteration(ctx.step + 1):
-            ema_update(ctx.momentum_model, ctx.model, self.cfg.double_ema_momentum)
+            ema_update(ctx.momentum_model, ctx.model, self.cfg.double_ema_momentum,
+                       ctx.recipe.momentum.buffers == "copy")
 
     @hookimpl
     def on_epoch_end(self, ctx: RunContext, logs: dict[str, float]) -> None:

@@ -33,11 +33,15 @@ def momentum_copy(model: Network, heads: list[str]) -> Network:
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- m·target + (1-m)·online for every parameter the two share; buffers copied."""
+def ema_update(target: nn.Module, online: nn.Module, momentum: float, copy_buffers: bool = True) -> None:
+    """target <- m·target + (1-m)·online for every parameter the two share. Buffers (BatchNorm
+    statistics) are copied from the online network, or, with ``copy_buffers=False``, left to the
+    target's own forward passes as the MoCo/BYOL reference code does (``[momentum] buffers``)."""
     online_params = dict(online.named_parameters())
     for name, p in target.named_parameters():
         p.mul_(momentum).add_(online_params[name].detach(), alpha=1 - momentum)
+    if not copy_buffers:
+        return
     online_buffers = dict(online.named_buffers())
     for name, b in target.named_buffers():
         b.copy_(online_buffers[name])

@@ -126,7 +126,7 @@ def train_step(ctx: RunContext, batch: Batch, losses: Mapping[str, Any]) -> dict
     ctx.scheduler.step()                                                      # the lr schedule is per step
     ctx.step += 1
     if ctx.has_momentum:                                                      # BYOL/MoCo-style target network
-        ema_update(ctx.momentum_model, ctx.model, ctx.momentum_value())
+        ema_update(ctx.momentum_model, ctx.model, ctx.momentum_value(), ctx.recipe.momentum.buffers == "copy")
     with torch.no_grad():                                                     # EMA groups, banks, prototypes
         ctx.hook.update_prototypes(out=out, ctx=ctx)
     return {**{k: v.detach() for k, v in terms.items()}, "loss": loss.detach()}

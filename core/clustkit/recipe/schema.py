@@ -67,6 +67,9 @@ class MomentumSection(_Strict):
     base: float = Field(0.996, ge=0, le=1)
     final: float | None = Field(None, ge=0, le=1, description="cosine increase to this value; None = constant")
     heads: list[str] = Field(default_factory=list, description="heads copied into the momentum network")
+    buffers: Literal["copy", "own"] = Field(
+        "copy", description="BatchNorm statistics of the momentum network: 'copy' the online network's after every "
+        "step, or keep its 'own', updated by its own forward passes (MoCo/BYOL/ProPos reference code)")
 
 
 # Component sections: (recipe key, registry kind, is a table of named instances, required)
