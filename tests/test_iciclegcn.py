@@ -256,6 +256,36 @@ def test_recon_detach_target_stops_the_target_gradient() -> None:
     torch.testing.assert_close(torch.autograd.grad(re, views["weak2"])[0], torch.autograd.grad(ref, views["weak2"])[0])
 
 
+def test_recon_at_one_over_the_feature_size_is_the_codes_element_mean_mse() -> None:
+    """The paper's re sums over the D feature dimensions; the authors' code uses F.mse_loss (the
+    mean over elements). Weight 1/D on clustkit's re gives the code's value and gradients, which
+    is what the paper-setting recipes use (1/512 on ResNet-34 features)."""
+    import torch.nn.functional as F
+
+    out, ctx, views = make_step(seed=5)
+    net = ctx.model
+    re = ReconLoss(ReconLossConfig(name="iciclegcn_re"), build_ctx("losses.re")).compute_loss(out, ctx)
+    dim = net.backbone(views["weak1"]).shape[1]
+    mses = []
+    for v in ("weak1", "weak2"):
+        f = net.backbone(views[v])
+        mses.append(F.mse_loss(net.heads["cluster"].decode(net.heads["cluster"](f)), f))
+    code = torch.stack(mses).mean()
+    torch.testing.assert_close(re / dim, code)
+    torch.testing.assert_close(torch.autograd.grad(re / dim, views["weak1"])[0],
+                               torch.autograd.grad(code, views["weak1"])[0])
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "imagenet10", "imagenet_dogs"])
+def test_paper_setting_recipes_use_the_codes_reconstruction_scale(dataset: str, plugin_set) -> None:
+    from clustkit.recipe import load
+    from conftest import REPO
+
+    recipe = load(REPO / "recipes" / dataset / "iciclegcn.toml", plugin_set().registry)
+    assert recipe.backbone.name == "resnet" and recipe.backbone.depth == 34  # 512-d features
+    assert recipe.losses["re"].weight * 512 == 1.0 and not recipe.losses["re"].detach_target
+
+
 def test_config_checks_weights() -> None:
     with pytest.raises(ValueError):
         GCNRefinerConfig(name="iciclegcn_gcn", sigma=0.9, gamma=0.2)
