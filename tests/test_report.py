@@ -60,6 +60,22 @@ def test_silhouette_only_with_features_and_two_clusters() -> None:
 def test_diagnostics_reject_ids_outside_the_range() -> None:
     with pytest.raises(ValueError, match="cluster ids"):
         cluster_diagnostics(np.array([0, 3]), 3)
+    with pytest.raises(ValueError, match="cluster ids"):
+        cluster_diagnostics(np.array([0, -2]), 3)
+
+
+def test_items_without_a_cluster_and_sampled_feature_rows() -> None:
+    """-1 (an unreadable image) counts for no diagnostic; features may cover a sample of the items
+    (``feature_index``), as a run's summary computes them."""
+    rng = np.random.default_rng(0)
+    c = np.repeat(np.arange(3), 40)
+    x = np.eye(3, 16)[c] * 10 + rng.normal(size=(120, 16))
+    with_none = np.concatenate([c, [-1, -1]])
+    x_none = np.concatenate([x, rng.normal(size=(2, 16)) * 100])
+    assert cluster_diagnostics(with_none, 3, x_none) == cluster_diagnostics(c, 3, x)
+    idx = np.arange(0, 122, 2)  # every other item, the two without a cluster among them
+    sampled = cluster_diagnostics(with_none, 3, x_none[idx], feature_index=idx)
+    assert sampled == {**cluster_diagnostics(c, 3), "silhouette": cluster_diagnostics(c[::2], 3, x[::2])["silhouette"]}
 
 
 # --- write_report ----------------------------------------------------------------------------------

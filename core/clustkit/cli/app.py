@@ -65,13 +65,10 @@ def run(
 ) -> None:
     """Train and evaluate a recipe; write recipe.toml, metrics.jsonl, summary.json, assignments.csv."""
     try:
-        from clustkit.recipe import resolve_recipe
-
-        path = resolve_recipe(recipe)
-        loaded, plugins = load_recipe(path, set_)
+        loaded, plugins = load_recipe(recipe, set_)
         if resume and out is None:  # never guess which run to continue
             raise UserError("--resume needs --out naming the run folder to continue (e.g. --out runs/cc-20261130-2042).")
-        out_dir = out or _default_out(path)
+        out_dir = out or _default_out(Path(loaded.path))
         if not resume and (out_dir / CHECKPOINT).exists():
             raise UserError(f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, "
                             f"or choose another --out.")

@@ -21,22 +21,38 @@ import numpy as np
 
 from clustkit.cluster.metrics import cluster_sizes
 
-__all__ = ["cluster_diagnostics"]
+__all__ = ["SAMPLE", "cluster_diagnostics", "subsample"]
+
+#: items the silhouette (and the report's embedding) read at most: a seeded sample
+SAMPLE = 2000
+
+
+def subsample(n: int, limit: int = SAMPLE, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``limit`` of ``n`` rows, drawn with a seeded generator (all rows
+    when there are no more than ``limit``)."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
 def cluster_diagnostics(clusters: np.ndarray, n_clusters: int, features: np.ndarray | None = None, *,
-                        sample: int = 2000, seed: int = 0) -> dict[str, float | int]:
+                        feature_index: np.ndarray | None = None, sample: int = SAMPLE,
+                        seed: int = 0) -> dict[str, float | int]:
     """Size balance, empty clusters and (with ``features``) a sampled cosine silhouette.
 
-    ``clusters`` holds one cluster id in ``range(n_clusters)`` per item; ``features`` (if given)
-    one row per item, in the same order. Values are plain, rounded python numbers so the dict can
-    go straight into JSON.
+    ``clusters`` holds one cluster id in ``range(n_clusters)`` per item, or -1 for an item without
+    one (an unreadable image), which every diagnostic leaves out. ``features`` (if given) holds
+    one row per item, in the same order, or one row per item of ``feature_index`` (e.g. a run's
+    sample of its items). Values are plain, rounded python numbers so the dict can go straight
+    into JSON.
     """
     c = np.asarray(clusters).reshape(-1).astype(np.int64, copy=False)
     k = int(n_clusters)
     if k < 1:
         raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
-    sizes = cluster_sizes(c, k).astype(np.float64)
+    if c.size and c.min() < -1:
+        raise ValueError(f"cluster ids must lie in [0, {k}) or be -1 (no cluster), got {c.min()}")
+    sizes = cluster_sizes(c[c >= 0], k).astype(np.float64)
     n = float(sizes.sum())
     if n > 0:
         q = sizes[sizes > 0] / n
@@ -55,12 +71,19 @@ def cluster_diagnostics(clusters: np.ndarray, n_clusters: int, features: np.ndar
     if features is not None and c.size:
         x = np.asarray(features)
         x = x.reshape(len(x), -1)
-        if len(x) != c.size:
-            raise ValueError(f"features has {len(x)} rows but clusters has {c.size} items")
-        idx = np.arange(c.size)
-        if c.size > sample:
-            idx = np.sort(np.random.default_rng(seed).choice(c.size, size=sample, replace=False))
-        cs = c[idx]
+        if feature_index is None:
+            if len(x) != c.size:
+                raise ValueError(f"features has {len(x)} rows but clusters has {c.size} items")
+            rows = c
+        else:
+            fi = np.asarray(feature_index, dtype=np.int64).reshape(-1)
+            if len(fi) != len(x):
+                raise ValueError(f"feature_index has {len(fi)} entries for {len(x)} feature rows")
+            rows = c[fi]
+        assigned = rows >= 0
+        rows, x = rows[assigned], x[assigned]
+        idx = subsample(rows.size, sample, seed)
+        cs = rows[idx]
         n_distinct = len(np.unique(cs))
         if 2 <= n_distinct <= len(idx) - 1:  # sklearn's silhouette needs 2 <= labels <= n - 1
             from sklearn.metrics import silhouette_score

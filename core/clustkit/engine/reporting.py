@@ -9,13 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clustkit.cluster.diagnostics import subsample
+
 if TYPE_CHECKING:
     from clustkit.engine.context import Prediction, RunContext
     from clustkit.recipe.schema import Recipe
-
-#: items whose features the embedding plot and the silhouette use (a seeded sample)
-SAMPLE = 2000
-
 
 def env_switch(name: str, default: bool) -> bool:
     """An on/off environment variable (1/0, true/false, yes/no, on/off) that, when set, overrides
@@ -30,16 +28,10 @@ def report_enabled(recipe: Recipe) -> bool:
     return env_switch("CLUSTKIT_REPORT", recipe.run.report)
 
 
-def sample_indices(n: int, seed: int, size: int = SAMPLE) -> np.ndarray:
-    """A sorted, seeded sample of ``size`` item indices (all items when there are fewer)."""
-    if n <= size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-
-
 def sample_features(ctx: RunContext, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, backbone features of those items on the evaluation view)."""
-    idx = sample_indices(len(ctx.dataset), ctx.seed if seed is None else seed)
+    """(indices of a seeded sample of the items, their backbone features on the evaluation view):
+    what the silhouette and the report's embedding read."""
+    idx = subsample(len(ctx.dataset), seed=ctx.seed if seed is None else seed)
     return idx, ctx.extract(indices=idx).numpy()
 
 
@@ -56,12 +48,13 @@ def write_curves(ctx: RunContext, folder: Path) -> None:
     """Refresh the loss and metric curves (each evaluation epoch; cheap)."""
     from clustkit.report import write_report
 
-    write_report(folder, history=ctx.history, title=ctx.recipe.run.name or Path(ctx.recipe.path).stem,
+    write_report(folder, history=ctx.history, title=ctx.recipe.run_name,
                  curves_only=True, seed=ctx.seed)
 
 
 def write_run_report(ctx: RunContext, folder: Path, pred: Prediction, summary: dict[str, Any],
-                     features: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+                     features: tuple[np.ndarray, np.ndarray] | None = None,
+                     diagnostics: dict[str, Any] | None = None) -> Path:
     """The full report at the end of a run: curves, cluster sizes, confusion matrix, per-cluster
     image grids and the embedding of a sample of backbone features."""
     from clustkit.report import write_report
@@ -70,4 +63,4 @@ def write_run_report(ctx: RunContext, folder: Path, pred: Prediction, summary: d
     return write_report(
         folder, history=ctx.history, clusters=pred.labels, scores=pred.scores, labels=np.asarray(ctx.dataset.labels),
         images=dataset_images(ctx.dataset), features=feats, feature_index=idx, n_clusters=ctx.n_clusters,
-        title=summary.get("method", ""), summary=summary, seed=ctx.seed)
+        title=summary.get("method", ""), summary=summary, diagnostics=diagnostics, seed=ctx.seed)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from clustkit import dist
+from clustkit.cluster.diagnostics import cluster_diagnostics
 from clustkit.engine.build import build_run, loss_callers
 from clustkit.engine.context import Prediction, RunContext
 from clustkit.engine.progress import EpochProgress
@@ -65,8 +66,9 @@ class Run:
         folder.write_metrics(ctx.history)
         board.log({"epoch": ctx.epoch, **metrics})
         board.close()
-        features = sample_features(ctx)  # silhouette, and the report's embedding
-        summary = self.summary(ctx, pred, metrics, features)
+        idx, feats = features = sample_features(ctx)  # the silhouette, and the report's embedding
+        diagnostics = cluster_diagnostics(pred.labels, ctx.n_clusters, feats, feature_index=idx)
+        summary = self.summary(ctx, pred, metrics, diagnostics)
         ctx.hook.on_run_end(ctx=ctx, summary=summary)
         ctx.phase = "done"
         summary["wall_s"] = round(ctx.wall_s(), 3)
@@ -74,7 +76,7 @@ class Run:
         folder.write_assignments(pred.labels, np.asarray(ctx.dataset.labels))
         ctx.save_checkpoint()
         if report_enabled(self.recipe) and folder.path is not None:
-            write_run_report(ctx, folder.path, pred, summary, features)
+            write_run_report(ctx, folder.path, pred, summary, features, diagnostics)
         dist.barrier()
         return summary
 
@@ -119,8 +121,7 @@ class Run:
         r = self.recipe
         passes = self.passes(ctx)
         ctx.model.train()
-        name = r.run.name or Path(r.path).stem
-        with EpochProgress(ctx.console, name, ctx.epoch, ctx.epochs, enabled=ctx.is_main) as progress:
+        with EpochProgress(ctx.console, r.run_name, ctx.epoch, ctx.epochs, enabled=ctx.is_main) as progress:
             while ctx.epoch < ctx.epochs:
                 started = time.perf_counter()
                 ctx.hook.on_epoch_start(ctx=ctx)
@@ -181,11 +182,11 @@ class Run:
             ctx.history.append({"epoch": ctx.epoch, "step": ctx.step, "losses": {}, **metrics, "final": True})
 
     def summary(self, ctx: RunContext, pred: Prediction, metrics: dict[str, float],
-                features: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+                diagnostics: dict[str, Any]) -> dict[str, Any]:
         r = self.recipe
         assigned = pred.labels[pred.labels >= 0]
         summary: dict[str, Any] = {
-            "method": r.run.name or Path(r.path).stem,
+            "method": r.run_name,
             "dataset": getattr(ctx.dataset, "name", r.data.name),
             "n_samples": len(ctx.dataset),
             "n_clusters": ctx.n_clusters,
@@ -195,7 +196,7 @@ class Run:
             "epochs": ctx.epoch,
             "seed": r.run.seed,
             "acc": metrics.get("acc"), "nmi": metrics.get("nmi"), "ari": metrics.get("ari"), "ami": metrics.get("ami"),
-            **label_free_diagnostics(pred.labels, ctx.n_clusters, features),
+            **diagnostics,  # label-free: size balance, empty clusters, silhouette (docs/report.md)
             "unreadable_images": sum(len(s.unreadable) for s in ctx.sources.values()),
             "wall_s": round(ctx.wall_s(), 3),
             "recipe": r.path,
@@ -210,21 +211,6 @@ class Run:
             for w in warnings:
                 ctx.print(f"warning: {w}")
         return summary
-
-
-def label_free_diagnostics(clusters: np.ndarray, n_clusters: int,
-                           features: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """Cluster-size balance and empty clusters over every item, the silhouette of the backbone
-    features on the sampled items: what helps choose K without labels (docs/report.md)."""
-    from clustkit.cluster.diagnostics import cluster_diagnostics
-
-    idx, feats = features
-    keep = clusters[idx] >= 0
-    sampled = cluster_diagnostics(clusters[idx][keep], n_clusters, feats[keep])
-    out = cluster_diagnostics(clusters[clusters >= 0], n_clusters)
-    if "silhouette" in sampled:
-        out["silhouette"] = sampled["silhouette"]
-    return out
 
 
 def current_lr(ctx: RunContext) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -128,7 +129,14 @@ class Recipe:
             out["momentum"] = _dump(self.momentum)
         return out
 
-    def fingerprint(self, ignore: tuple[str, ...] = ("run.epochs", "run.eval_every", "run.checkpoint_every")) -> str:
+    @property
+    def run_name(self) -> str:
+        """``run.name``, else the recipe file's stem: what a run's progress, summary and report are titled."""
+        return self.run.name or Path(self.path).stem
+
+    def fingerprint(self, ignore: tuple[str, ...]) -> str:
+        """A hash of the resolved recipe without the keys in ``ignore`` (a resume compares these;
+        the engine passes its ``RESUMABLE_KEYS``)."""
         flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in ignore}
         return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

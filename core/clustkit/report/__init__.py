@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from clustkit.atomic import atomic_write
-from clustkit.cluster.diagnostics import cluster_diagnostics
+from clustkit.cluster.diagnostics import cluster_diagnostics, subsample
 
 __all__ = ["write_report"]
 
@@ -49,18 +49,21 @@ def write_report(folder: Path, *, history: list[dict], clusters: np.ndarray | No
                  scores: np.ndarray | None = None, labels: np.ndarray | None = None,
                  images: Callable[[np.ndarray], np.ndarray] | None = None, features: np.ndarray | None = None,
                  feature_index: np.ndarray | None = None, n_clusters: int | None = None, title: str = "",
-                 summary: dict | None = None, curves_only: bool = False, seed: int = 0) -> Path:
+                 summary: dict | None = None, diagnostics: dict[str, Any] | None = None,
+                 curves_only: bool = False, seed: int = 0) -> Path:
     """Write ``folder/report.html`` and its PNGs (every file atomically); return the HTML's path.
 
     ``history`` is the run's metrics.jsonl entries. ``clusters`` (one id per dataset item, -1 for
     none), ``scores`` (per-item confidence, or N×K probabilities), ``labels`` (-1 for unlabelled),
     ``images(indices) -> uint8 N×C×H×W`` and ``features`` (rows for the dataset items
     ``feature_index``, default ``0..len-1``) each enable the figures that need them; a figure
-    without its inputs is left out. With ``curves_only`` only the loss / metric curves and the page
-    are rewritten; the page still shows the other figures a previous full report left.
+    without its inputs is left out. ``diagnostics`` are :func:`cluster_diagnostics` of these
+    inputs when the caller has them already (a run's summary); otherwise they are computed here.
+    With ``curves_only`` only the loss / metric curves and the page are rewritten; the page still
+    shows the other figures a previous full report left.
     """
     from clustkit.report import plots
-    from clustkit.report.embedding import MIN_POINTS, embed_2d, subsample
+    from clustkit.report.embedding import MIN_POINTS, embed_2d
     from clustkit.report.page import render
 
     folder = Path(folder)
@@ -78,7 +81,6 @@ def write_report(folder: Path, *, history: list[dict], clusters: np.ndarray | No
         k = max(k, int(c.max()) + 1)
     k = max(k, 1)
     assigned = c[c >= 0] if c is not None else None
-    diagnostics: dict[str, Any] | None = cluster_diagnostics(assigned, k) if assigned is not None else None
 
     fi = None
     if features is not None:
@@ -92,9 +94,13 @@ def write_report(folder: Path, *, history: list[dict], clusters: np.ndarray | No
         meta = _read_meta(meta_path)
         old = meta.get("figures") or {}
         captions.update({name: old.get(name) for name in FULL})
+        if diagnostics is None and c is not None:
+            diagnostics = cluster_diagnostics(c, k)
         if diagnostics is None and isinstance(meta.get("diagnostics"), dict):
             diagnostics = meta["diagnostics"]
     else:
+        if diagnostics is None and c is not None:
+            diagnostics = cluster_diagnostics(c, k, features, feature_index=fi, seed=seed)
         y = _int_vector(labels) if labels is not None else None
         if y is not None and c is not None and y.size != c.size:
             raise ValueError(f"labels has {y.size} entries but clusters has {c.size}")
@@ -106,12 +112,6 @@ def write_report(folder: Path, *, history: list[dict], clusters: np.ndarray | No
             if images is not None:
                 captions["clusters"] = plots.plot_cluster_grid(c, k, images, figdir / "clusters.png", scores=scores)
         rows_c = c[fi] if c is not None and fi is not None else None
-        if rows_c is not None and diagnostics is not None and features is not None and (rows_c >= 0).sum() >= 3:
-            ok = rows_c >= 0
-            x_ok = np.asarray(features).reshape(len(features), -1)[ok]
-            sil = cluster_diagnostics(rows_c[ok], k, x_ok, seed=seed).get("silhouette")
-            if sil is not None:
-                diagnostics["silhouette"] = sil
         if features is not None and fi is not None and len(fi) >= MIN_POINTS:
             x = np.asarray(features).reshape(len(features), -1)
             keep = subsample(len(fi), seed=seed)

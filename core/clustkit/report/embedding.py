@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MAX_POINTS", "MIN_POINTS", "embed_2d", "subsample"]
+__all__ = ["MIN_POINTS", "embed_2d"]
 
-MAX_POINTS = 2000
 MIN_POINTS = 5  # below this neither method gives a meaningful picture
 TSNE_ITERATIONS = 500
-
-
-def subsample(n: int, limit: int = MAX_POINTS, seed: int = 0) -> np.ndarray:
-    """Sorted indices of at most ``limit`` of ``n`` rows, drawn with a seeded generator."""
-    if n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
 def _prepare(features: np.ndarray) -> np.ndarray:

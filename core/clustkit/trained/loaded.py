@@ -140,18 +140,21 @@ class TrainedRun:
         return Assignment(clusters, conf, dist, paths, feats if embedding else None)
 
     # -- evaluation ---------------------------------------------------------------------------
-    def candidates(self) -> dict[str, np.ndarray]:
+    def all_features(self) -> dict[str, np.ndarray]:
+        """The run's dataset in every feature space: the backbone and each head."""
+        return {space: self.features(space) for space in ["backbone", *self.heads]}
+
+    def candidates(self, features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Every clustering the run can give its dataset: the recipe's evaluation, the argmax of
         each soft-assignment head, and k-means (the recipe's grouper) on the backbone and on each
-        head's features."""
+        head's features (``features``: :meth:`all_features`, when the caller has them already)."""
         from clustkit.engine.run import evaluate
 
         ctx = self.ctx
         pred, _ = evaluate(ctx)
         out = {f"recipe ({pred.source})": pred.labels}
-        spaces = ["backbone", *self.heads]
-        for space in spaces:
-            feats = torch.from_numpy(self.features(space))
+        for space, array in (features or self.all_features()).items():
+            feats = torch.from_numpy(array)
             if space != "backbone" and _probabilities(feats):
                 out[f"argmax:{space}"] = feats.argmax(1).numpy()
             result = ctx.group(feats, ctx.n_clusters, spherical=True)
@@ -167,15 +170,16 @@ class TrainedRun:
 
         labels = np.asarray(self.ctx.dataset.labels)
         has_labels = bool((labels >= 0).any())
+        features = self.all_features()  # once, for the candidates and the probes
         rows = {}
-        for name, clusters in self.candidates().items():
+        for name, clusters in self.candidates(features).items():
             row: dict[str, Any] = dict(evaluate_clustering(labels, clusters)) if has_labels else {}
-            row.update(cluster_diagnostics(clusters[clusters >= 0], self.ctx.n_clusters))
+            row.update(cluster_diagnostics(clusters, self.ctx.n_clusters))
             rows[name] = row
         result: dict[str, Any] = {"run": str(self.folder), "dataset": getattr(self.ctx.dataset, "name", ""),
                                   "n_samples": len(labels), "candidates": rows}
         if probes and has_labels:
-            feats = self.features("backbone")
+            feats = features["backbone"]
             keep = labels >= 0
             result["knn_acc"] = knn_accuracy(feats[keep], labels[keep], seed=self.ctx.seed)
             result["linear_probe_acc"] = linear_probe_accuracy(feats[keep], labels[keep], seed=self.ctx.seed)
