@@ -357,7 +357,8 @@ def test_tiny_run_end_to_end_and_checkpoint_round_trip(digpro_recipe: Path, plug
     out = tmp_path / "run"
     summary = Run(load(digpro_recipe, ps.registry), ps, out).execute()
     assert summary["epochs"] == 2 and summary["n_clusters"] == 10
-    assert summary["evaluation"] == "kmeans:projector"
+    assert summary["selection"]["recipe"] == "kmeans:momentum/projector"  # k-means on the target's projector
+    assert {"kmeans:projector", "kmeans:momentum/backbone", "kmeans:predictor"} <= set(summary["candidates"])
     assert 0.0 <= summary["acc"] <= 1.0 and summary["nmi"] > 0.05  # learned something in 2 tiny epochs
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["components"]
     groups, bank = state["losses.group.groups"], state["losses.group.bank"]

@@ -99,13 +99,27 @@ def test_hook_update_prototypes(recorded: dict[str, Any]) -> None:
 
 
 def test_hook_assign_groups(recorded: dict[str, Any]) -> None:
-    (shape, k, spherical), = names(recorded["calls"], "assign_groups")
-    assert shape == (1797, 16) and k == 10 and spherical is False
+    (evaluation, *candidates) = names(recorded["calls"], "assign_groups")
+    assert evaluation == ((1797, 16), 10, False)  # the recipe's evaluator
+    # then the run's candidates: spherical k-means on the backbone and on each head (the
+    # recorder's own 3-d "extra" head included)
+    assert sorted(candidates) == [((1797, 3), 10, True), ((1797, 8), 10, True), ((1797, 16), 10, True)]
+
+
+def test_hook_candidates(recorded: dict[str, Any]) -> None:
+    assert names(recorded["calls"], "candidates") == ["post"]  # once, at the end
+    summary = json.loads((recorded["out"] / "summary.json").read_text())
+    assert set(summary["candidates"]) == {"recorder", "kmeans:backbone", "kmeans:instance", "kmeans:extra",
+                                          "recorder:shifted"}
+    rows = summary["candidates"]
+    assert rows["recorder:shifted"]["acc"] == pytest.approx(rows["recorder"]["acc"])  # same partition
+    assert rows["recorder"]["recipe"] is True and summary["selection"]["recipe"] == "recorder"
+    assert summary["selection"]["chosen"] in rows and summary["evaluation"] == summary["selection"]["chosen"]
 
 
 def test_hook_evaluate(recorded: dict[str, Any]) -> None:
     assert names(recorded["calls"], "evaluate") == [1797]
-    assert recorded["summary"]["evaluation"] == "recorder"
+    assert recorded["summary"]["selection"]["recipe"] == "recorder"  # the output is chosen among candidates
     assert 0 <= recorded["summary"]["acc"] <= 1
 
 

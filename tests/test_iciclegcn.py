@@ -295,8 +295,8 @@ def test_config_checks_weights() -> None:
 # --------------------------------------------------------------------------- runs
 
 TINY = ["run.epochs=2", "run.eval_every=1", "run.batch_size=128", "backbone.width=8", "backbone.out_dim=32",
-        "heads.instance.hidden=32", "heads.cluster.hidden=[32,32,64]", "refine.iterations=8",
-        "refine.checkpoint_every=2", "refine.log_every=0", "refine.kmeans_n_init=2", "refine.k_b=5"]
+        "heads.instance.hidden=32", "heads.cluster.hidden=[32,32,64]", "refine.gcn.iterations=8",
+        "refine.gcn.checkpoint_every=2", "refine.gcn.log_every=0", "refine.gcn.kmeans_n_init=2", "refine.gcn.k_b=5"]
 
 
 def _run(out: Path, overrides: list[str], resume: bool = False) -> dict:
@@ -315,7 +315,10 @@ def _stage2_state(out: Path) -> dict:
 def test_tiny_end_to_end_and_resume_in_stage2(tmp_path: Path) -> None:
     # uninterrupted: stage 1 periodic evaluation is the recipe's head_argmax, the final one the GCN's
     full = _run(tmp_path / "full", TINY)
-    assert full["evaluation"] == "iciclegcn_gcn:mean" and full["gcn_iterations"] == 8
+    assert full["selection"]["recipe"] == "iciclegcn_gcn:mean" and full["gcn_iterations"] == 8
+    streams = {f"iciclegcn_gcn:{k}" for k in ("a", "b", "mean", "q")}
+    assert streams | {"argmax:cluster"} <= set(full["candidates"])  # every stream, and stage 1's head
+    assert {full["candidates"][s]["space"] for s in streams} == {"iciclegcn_gcn"}  # one space: no self-votes
     assert "gcn_resumed_at" not in full and 0 <= full["acc"] <= 1
     lines = [json.loads(s) for s in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["epoch"] == 1 and "acc" in lines[0]  # stage-1 evaluation answered by the recipe evaluator
@@ -330,7 +333,7 @@ def test_tiny_end_to_end_and_resume_in_stage2(tmp_path: Path) -> None:
 
         @hookimpl
         def on_run_start(ctx):
-            refiner, save = ctx.components["refine"], ctx.save_checkpoint
+            refiner, save = ctx.components["refine.gcn"], ctx.save_checkpoint
 
             def save_then_die():
                 save()
@@ -347,7 +350,7 @@ def test_tiny_end_to_end_and_resume_in_stage2(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     state = _stage2_state(out)
-    assert state["phase"] == "post" and state["components"]["refine"]["iteration"] == 4
+    assert state["phase"] == "post" and state["components"]["refine.gcn"]["iteration"] == 4
     assert not (out / "summary.json").exists()
 
     resumed = _run(out, TINY, resume=True)
@@ -355,6 +358,6 @@ def test_tiny_end_to_end_and_resume_in_stage2(tmp_path: Path) -> None:
     a, b = _stage2_state(tmp_path / "full"), _stage2_state(out)
     assert b["phase"] == "done"
     for key in ("a", "b", "q"):
-        torch.testing.assert_close(b["components"]["refine"]["final"][key], a["components"]["refine"]["final"][key],
+        torch.testing.assert_close(b["components"]["refine.gcn"]["final"][key], a["components"]["refine.gcn"]["final"][key],
                                    rtol=1e-4, atol=1e-5)
     assert resumed["acc"] == pytest.approx(full["acc"], abs=2e-3)

@@ -42,7 +42,8 @@ def test_every_folder_is_a_package_named_as_it_is_imported() -> None:
                 init = REPO / root / Path(*parts[:i]) / "__init__.py"
                 assert init.is_file(), f"{init.parent} holds Python files but is not a package"
     top = {name.split(".")[0] for name in packages()}
-    assert top == {"clustkit", "clustkit_cc", "clustkit_sacc", "clustkit_dchl", "clustkit_digpro", "clustkit_iciclegcn"}
+    assert top == {"clustkit", "clustkit_cc", "clustkit_sacc", "clustkit_dchl", "clustkit_digpro", "clustkit_iciclegcn",
+                   "clustkit_selflabel"}
 
 
 def test_pyproject_lists_no_packages_and_maps_no_folders() -> None:

@@ -83,6 +83,6 @@ def test_tiny_mix_run_end_to_end(plugin_set, tmp_path: Path):
     summary = run_recipe(MIX, plugin_set(), tmp_path / "run", [
         "run.epochs=1", "run.batch_size=128", "run.eval_every=0", "heads.instance.hidden=[32]",
         "heads.cluster.hidden=32", "heads.fine.hidden=32", "losses.group.groups=8"])
-    assert summary["evaluation"] == "kmeans:backbone" and 0 <= summary["acc"] <= 1
+    assert summary["selection"]["recipe"] == "kmeans:backbone" and 0 <= summary["acc"] <= 1
     losses = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["losses"]
     assert {"instance", "cluster", "group_self", "group_cross"} <= set(losses)

@@ -25,14 +25,16 @@ def _folder_digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two finished tiny digits runs: one assigns by the cluster head's argmax, one by k-means
-    on the backbone (so new images go to the nearest cluster mean); PNGs of 40 of its images."""
+    on the backbone (so new images go to the nearest cluster mean), both the recipe's evaluation
+    (``run.select = "recipe"``); PNGs of 40 of its images."""
     root = tmp_path_factory.mktemp("trained")
     recipe = root / "tiny.toml"
     recipe.write_text(TINY_CC)
     runs = {}
     for name, extra in (("argmax", []), ("kmeans", ["--set", 'evaluation={name="kmeans", features="backbone"}'])):
         out = root / name
-        result = cli("run", str(recipe), "--out", str(out), "--set", "run.report=false", *extra)
+        result = cli("run", str(recipe), "--out", str(out), "--set", "run.report=false", "--set", 'run.select="recipe"',
+                     *extra)
         assert result.returncode == 0, result.stderr
         runs[name] = out
     from PIL import Image
@@ -99,8 +101,9 @@ def test_evaluate_prints_the_summarys_acc_and_every_candidate(trained: dict[str,
     result = cli("evaluate", str(trained["argmax"]), "--json", "--out", str(tmp_path / "eval.json"))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    recipe_row = next(v for k, v in report["candidates"].items() if k.startswith("recipe"))
+    recipe_row = next(v for v in report["candidates"].values() if v.get("recipe"))
     assert recipe_row["acc"] == pytest.approx(summary["acc"], abs=1e-12)
+    assert report["selection"]["criterion"] == "recipe" and report["selection"]["chosen"] == "argmax:cluster"
     assert {"argmax:cluster", "kmeans:backbone", "kmeans:instance", "kmeans:cluster"} <= set(report["candidates"])
     assert all({"acc", "nmi", "ari", "ami", "size_entropy", "n_empty"} <= set(r) for r in report["candidates"].values())
     assert 0.1 < report["knn_acc"] <= 1 and 0.1 < report["linear_probe_acc"] <= 1

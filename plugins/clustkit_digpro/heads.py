@@ -25,8 +25,9 @@ def build_projector(cfg: Any, ctx: BuildContext) -> nn.Module:
 
 
 class Predictor(MLPHead):
-    """Linear → BN → ReLU → Linear on the *projector output* (not the backbone): losses call it on
-    ``out.head(view, projector)``; ``out.head(view, "predictor")`` would feed it backbone features."""
+    """Linear → BN → ReLU → Linear on the *projector output* (not the backbone): ``input_head``
+    names the projector, so ``out.head(view, "predictor")`` and ``ctx.extract("predictor")`` apply
+    the projector first (``Network.head``)."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, input_head: str, init_std: float):
         super().__init__(in_dim, [hidden], out_dim, output="none", batch_norm=True)

@@ -100,15 +100,6 @@ def ring_enqueue(bank: torch.Tensor, ptr: int, filled: int, x: torch.Tensor) -> 
 # ----------------------------------------------------------------------------- losses
 
 
-def predictions(out: StepOutputs, ctx: RunContext, view: str, predictor: str) -> torch.Tensor:
-    """pred(q) for a view, computed once per step and shared by the losses that need it."""
-    key = ("digpro", "pred", view, predictor)
-    if key not in out.extras:
-        module = ctx.model.heads[predictor]
-        out.extras[key] = module(out.head(view, module.input_head))
-    return out.extras[key]
-
-
 class _DigProLoss:
     """The checks every DigPro loss needs: a momentum copy of the projector, and (BYOL, groups) a
     ``digpro_predictor`` head that reads the projector."""
@@ -163,7 +154,7 @@ class BYOLLoss(_DigProLoss):
                 q = out.head(u, self.cfg.projector)
                 p = predictor(q + std * torch.randn_like(q))
             else:  # no noise: share pred(q) with the group loss
-                p = predictions(out, ctx, u, self.cfg.predictor)
+                p = out.head(u, self.cfg.predictor)  # reads the projector (Predictor.input_head)
             losses.append(byol_loss(p, self.target(out, v)))
         return torch.stack(losses).mean()
 
@@ -225,7 +216,7 @@ class GroupLoss(_DigProLoss):
             if not self.cfg.grad_through_groups:
                 q = q.detach()
             updated, _ = group_momentum_update(groups, q, self.cfg.beta)
-            pred = predictions(out, ctx, u, self.cfg.predictor)
+            pred = out.head(u, self.cfg.predictor)  # reads the projector (Predictor.input_head)
             losses.append(group_loss(pred, self.target(out, v), groups, updated, self.cfg.temperature))
             groups = updated.detach()
         self._pending = (ctx.step, groups)

@@ -155,10 +155,21 @@ class GCNRefiner:
     def evaluate(self, ctx: RunContext) -> Prediction | None:
         if not self.done or self.final is None:
             return None  # stage 1 (periodic evaluations): the recipe's evaluator answers
-        probs = self.final[self.cfg.predict]
-        conf, labels = probs.max(1)
-        return Prediction(labels.numpy().astype(np.int64), source=f"iciclegcn_gcn:{self.cfg.predict}",
-                          scores=conf.numpy(), extra=self._diagnostics(ctx))
+        return self._prediction(self.cfg.predict, self._diagnostics(ctx))
+
+    def _prediction(self, stream: str, extra: dict[str, Any] | None = None) -> Prediction:
+        assert self.final is not None
+        conf, labels = self.final[stream].max(1)
+        return Prediction(labels.numpy().astype(np.int64), source=f"iciclegcn_gcn:{stream}",
+                          scores=conf.numpy(), extra=extra or {})
+
+    @hookimpl
+    def candidates(self, ctx: RunContext) -> dict[str, Prediction] | None:
+        """Every stream's labels (a, b, their mean, the AE's Student-t q): ``run.select`` can take
+        a converged stream where the recipe's ``predict`` stream has not converged."""
+        if not self.done or self.final is None:
+            return None
+        return {f"iciclegcn_gcn:{k}": self._prediction(k) for k in self.final}
 
     # -- checkpoints -------------------------------------------------------------------------
     @hookimpl

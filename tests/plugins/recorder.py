@@ -106,7 +106,14 @@ class RecorderEvaluator:
         feats = ctx.extract()
         result = ctx.group(feats, ctx.n_clusters)
         CALLS.append(("evaluate", len(result.labels)))
-        return Prediction(np.asarray(result.labels), source="recorder")
+        self.labels = np.asarray(result.labels)
+        return Prediction(self.labels, source="recorder")
+
+    @hookimpl
+    def candidates(self, ctx: Any) -> dict[str, Prediction]:
+        CALLS.append(("candidates", ctx.phase))
+        shifted = (self.labels + 1) % ctx.n_clusters  # the same partition under other ids
+        return {"recorder:shifted": Prediction(shifted, source="recorder:shifted")}
 
 
 @hookimpl

@@ -138,16 +138,21 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    rows = result["candidates"]
-    keys = [k for k in ("acc", "nmi", "ari", "ami", "size_entropy", "n_empty") if any(k in r for r in rows.values())]
+    rows, selection = result["candidates"], result["selection"]
+    keys = [k for k in ("score", "acc", "nmi", "ari", "ami", "size_entropy", "n_empty", "silhouette")
+            if any(k in r for r in rows.values())]
     table = Table(title=f"{result['run']} on {result['dataset']} ({result['n_samples']} images)")
     table.add_column("candidate")
     for k in keys:
         table.add_column(k, justify="right")
     for name, r in rows.items():
-        table.add_row(name, *[f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k in keys])
+        mark = (" *" if name == selection["chosen"] else "") + (" (recipe)" if r.get("recipe") else "")
+        table.add_row(name + mark, *[f"{r[k]:.4f}" if isinstance(r.get(k), float) else str(r.get(k, "-"))
+                                     for k in keys])
     console = Console()
     console.print(table)
+    console.print(f"* chosen by run.select = {selection['criterion']!r}, without labels: {selection['reason']}",
+                  highlight=False, markup=False)
     for k in ("knn_acc", "linear_probe_acc"):
         if k in result:
             console.print(f"{k} (backbone features, 5-fold): {result[k]:.4f}", highlight=False)

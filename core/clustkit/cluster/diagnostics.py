@@ -21,7 +21,10 @@ import numpy as np
 
 from clustkit.cluster.metrics import cluster_sizes
 
-__all__ = ["SAMPLE", "cluster_diagnostics", "subsample"]
+__all__ = ["DIAGNOSTIC_KEYS", "SAMPLE", "cluster_diagnostics", "subsample"]
+
+#: what :func:`cluster_diagnostics` returns (``silhouette`` only when it is given features)
+DIAGNOSTIC_KEYS = ("size_entropy", "n_empty", "min_size_ratio", "max_size_ratio", "silhouette")
 
 #: items the silhouette (and the report's embedding) read at most: a seeded sample
 SAMPLE = 2000

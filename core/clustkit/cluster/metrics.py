@@ -12,7 +12,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
-__all__ = ["to_numpy", "cluster_acc", "evaluate_clustering", "cluster_sizes"]
+__all__ = ["METRIC_KEYS", "to_numpy", "cluster_acc", "evaluate_clustering", "cluster_sizes"]
+
+#: what :func:`evaluate_clustering` returns, in the order tables and curves show them
+METRIC_KEYS = ("acc", "nmi", "ari", "ami")
 
 
 def to_numpy(a: Any) -> np.ndarray:

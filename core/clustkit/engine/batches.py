@@ -104,9 +104,17 @@ class BatchSource:
             if (b := self._batch(imgs, item_labels, idx, train)) is not None:
                 yield b
 
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
+    def train_batches(self, epoch: int, indices: Any = None) -> Iterator[Batch]:
+        """Shuffled training batches of every item (or of ``indices``: a refinement stage's
+        selection, in batches of at most its size), in an order that is a pure function of
+        (seed, ``epoch``)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return self._iterate(torch.randperm(self.n, generator=g), self.batch_size, shard=True)
+        if indices is None:
+            return self._iterate(torch.randperm(self.n, generator=g), self.batch_size, shard=True)
+        subset = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        world = dist.world_size()
+        batch = max(world, min(self.batch_size, len(subset) // world * world))
+        return self._iterate(subset[torch.randperm(len(subset), generator=g)], batch, shard=True)
 
     def eval_batches(self, indices: Any = None) -> Iterator[Batch]:
         """Every item (or ``indices``) in order, unshuffled and unsharded; unreadable images stay

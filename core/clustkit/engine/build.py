@@ -182,12 +182,27 @@ def build_schedule(recipe: Recipe, optimizer: torch.optim.Optimizer, epoch_steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def component_callers(pm: pluggy.PluginManager, components: dict[str, Any], hook: str,
+                      keys: list[str]) -> dict[str, Any]:
+    """Hook ``hook`` of each listed component on its own, by recipe key, in the order of ``keys``
+    (pluggy calls every implementation of a hook, the last registered first)."""
+    plugins = [p for _, p in pm.list_name_plugin() if p is not None]
+    return {key: pm.subset_hook_caller(hook, [p for p in plugins if p is not components[key]]) for key in keys}
+
+
 def loss_callers(pm: pluggy.PluginManager, components: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     """``compute_loss`` of each listed loss component on its own, by the ``<id>`` of its
     ``[losses.<id>]`` key (the engine names and weights each component's terms)."""
-    plugins = [p for _, p in pm.list_name_plugin() if p is not None]
-    return {key.split(".", 1)[1]: pm.subset_hook_caller("compute_loss", [p for p in plugins if p is not components[key]])
-            for key in keys}
+    return {key.split(".", 1)[1]: call for key, call in component_callers(pm, components, "compute_loss", keys).items()}
+
+
+def after_training(ctx: RunContext) -> None:
+    """The ``after_training`` hook: every component but the refiners, then each ``[refine.<id>]``
+    stage on its own in recipe order (IcicleGCN's GCN, then self-labelling on its labels)."""
+    stages = [k for k in ctx.components if k.startswith("refine.")]
+    ctx.pm.subset_hook_caller("after_training", [ctx.components[k] for k in stages])(ctx=ctx)
+    for call in component_callers(ctx.pm, ctx.components, "after_training", stages).values():
+        call(ctx=ctx)
 
 
 def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started: float | None = None) -> RunContext:

@@ -194,27 +194,48 @@ class RunContext:
         self.checkpointer.save(self)
 
     # -- whole-dataset operations ---------------------------------------------------------------
-    @torch.no_grad()
     def extract(self, head: str | None = None, *, momentum: bool = False,
                 indices: Any = None, source: BatchSource | None = None) -> torch.Tensor:
         """Features (backbone, or head ``head``) of every item (or of ``indices``, in that order)
         of ``[data]`` (or of ``source``) on the evaluation view, on the CPU. Used by evaluators,
         per-epoch clustering, second stages, the report and ``clustkit predict``."""
+        space = "backbone" if head is None else head
+        return self.extract_spaces([space], momentum=momentum, indices=indices, source=source)[space]
+
+    @torch.no_grad()
+    def extract_spaces(self, spaces: list[str], *, momentum: bool = False, indices: Any = None,
+                       source: BatchSource | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`extract` for several spaces ("backbone" or a head's name) in one pass over the
+        data: what the run's candidate clusterings and ``clustkit evaluate`` read."""
         net = self.momentum_model if momentum else self.model
         was_training = net.training
         net.eval()
-        parts = []
+        parts: dict[str, list[torch.Tensor]] = {s: [] for s in spaces}
         try:
             for x, _, _ in (source or self.source).eval_batches(indices):
                 view = self.hook.make_views(images=x, train=False, ctx=self)["eval"]
                 with self.autocast():
                     f = net.features(view)
-                    if head is not None:
-                        f = net.heads[head](f)
-                parts.append(f.float().cpu())
+                    for s in spaces:
+                        parts[s].append((f if s == "backbone" else net.head(f, s)).float().cpu())
         finally:
             net.train(was_training)
-        return torch.cat(parts)
+        return {s: torch.cat(p) for s, p in parts.items()}
+
+    def clustering(self, *, select: bool = False, exclude: tuple[str, ...] = ()) -> tuple[Prediction, str]:
+        """The run's current clustering and its name: the evaluation (the recipe's evaluator, or
+        the labels of a finished ``[refine.*]`` stage), or with ``select`` the label-free choice
+        among every candidate clustering (``run.select``; ``exclude`` leaves out heads a later
+        stage has not trained yet). What a refinement stage starts from."""
+        from clustkit.engine.candidates import candidate_name, choose
+        from clustkit.engine.reporting import sample_features
+        from clustkit.engine.run import evaluate
+
+        pred, _ = evaluate(self)
+        if not select:
+            return pred, candidate_name(pred)
+        chosen, record = choose(self, pred, sample_features(self), every_space=True, exclude=exclude)
+        return chosen, record["selection"]["chosen"]
 
     def group(self, features: Any, n_groups: int | None = None, *, spherical: bool = False,
               seed: int | None = None, n_init: int | None = None) -> Any:

@@ -19,6 +19,16 @@ class Network(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
+    def head_input(self, name: str) -> str | None:
+        """The head whose output head ``name`` reads (a head module with an ``input_head``
+        attribute, e.g. BYOL's predictor on the projector), or None for the backbone features."""
+        return getattr(self.heads[name], "input_head", None)
+
+    def head(self, feats: torch.Tensor, name: str) -> torch.Tensor:
+        """Head ``name`` applied to backbone features ``feats``, through the heads it reads."""
+        source = self.head_input(name)
+        return self.heads[name](feats if source is None else self.head(feats, source))
+
 
 def momentum_copy(model: Network, heads: list[str]) -> Network:
     """A frozen copy of ``model`` with only the listed heads: the target network of BYOL/MoCo-style

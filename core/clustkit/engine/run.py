@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from clustkit import dist
-from clustkit.cluster.diagnostics import cluster_diagnostics
-from clustkit.engine.build import build_run, loss_callers
+from clustkit.cluster.diagnostics import DIAGNOSTIC_KEYS
+from clustkit.cluster.metrics import METRIC_KEYS
+from clustkit.engine.build import after_training, build_run, loss_callers
+from clustkit.engine.candidates import choose
 from clustkit.engine.context import Prediction, RunContext
 from clustkit.engine.progress import EpochProgress
 from clustkit.engine.reporting import env_switch, report_enabled, sample_features, write_curves, write_run_report
@@ -58,17 +60,20 @@ class Run:
             ctx.phase = "post"
             ctx.save_checkpoint()
         if ctx.phase == "post":
-            ctx.hook.after_training(ctx=ctx)  # second stages (IcicleGCN's GCN)
-        pred, metrics = evaluate(ctx)
+            after_training(ctx)  # second stages, in recipe order (IcicleGCN's GCN, self-labelling)
+        recipe_pred, _ = evaluate(ctx)
+        features = sample_features(ctx)  # the silhouettes, and the report's embedding
+        pred, chosen = choose(ctx, recipe_pred, features)  # label-free (run.select)
+        row = chosen["candidates"][chosen["selected"]]
+        metrics = {k: row[k] for k in METRIC_KEYS if k in row}
+        diagnostics = {k: row[k] for k in DIAGNOSTIC_KEYS if k in row}
         ctx.assignment = {"rule": pred.rule, "space": pred.space, "momentum": pred.momentum,
                           "centroids": pred.centroids}  # saved with the final checkpoint, for predict
-        self.record_final(ctx, metrics)
+        self.record_final(ctx, {**metrics, "selected": chosen["selected"], "candidates": chosen["candidates"]})
         folder.write_metrics(ctx.history)
         board.log({"epoch": ctx.epoch, **metrics})
         board.close()
-        idx, feats = features = sample_features(ctx)  # the silhouette, and the report's embedding
-        diagnostics = cluster_diagnostics(pred.labels, ctx.n_clusters, feats, feature_index=idx)
-        summary = self.summary(ctx, pred, metrics, diagnostics)
+        summary = self.summary(ctx, pred, metrics, diagnostics, recipe_pred, chosen)
         ctx.hook.on_run_end(ctx=ctx, summary=summary)
         ctx.phase = "done"
         summary["wall_s"] = round(ctx.wall_s(), 3)
@@ -171,7 +176,7 @@ class Run:
 
     # -- results ----------------------------------------------------------------------------
     @staticmethod
-    def record_final(ctx: RunContext, metrics: dict[str, float]) -> None:
+    def record_final(ctx: RunContext, metrics: dict[str, Any]) -> None:
         """The final metrics join the last epoch's line (or a line of their own after a second
         stage resumed with no epoch trained in this invocation)."""
         last = ctx.history[-1] if ctx.history else None
@@ -181,8 +186,8 @@ class Run:
         else:
             ctx.history.append({"epoch": ctx.epoch, "step": ctx.step, "losses": {}, **metrics, "final": True})
 
-    def summary(self, ctx: RunContext, pred: Prediction, metrics: dict[str, float],
-                diagnostics: dict[str, Any]) -> dict[str, Any]:
+    def summary(self, ctx: RunContext, pred: Prediction, metrics: dict[str, float], diagnostics: dict[str, Any],
+                recipe_pred: Prediction, chosen: dict[str, Any]) -> dict[str, Any]:
         r = self.recipe
         assigned = pred.labels[pred.labels >= 0]
         summary: dict[str, Any] = {
@@ -191,7 +196,7 @@ class Run:
             "n_samples": len(ctx.dataset),
             "n_clusters": ctx.n_clusters,
             "n_clusters_used": int(len(np.unique(assigned))),
-            "evaluation": pred.source,
+            "evaluation": pred.source,  # the chosen candidate (run.select)
             "assign": {"rule": pred.rule, "space": pred.space, "momentum": pred.momentum},
             "epochs": ctx.epoch,
             "seed": r.run.seed,
@@ -204,8 +209,10 @@ class Run:
             "device": str(ctx.device),
             "plugins": {n: i.version for n, i in self.plugins.info.items()},
         }
-        summary.update({k: v for k, v in pred.extra.items() if isinstance(v, (int, float, str))})
-        warnings = untrained_warnings(ctx, pred)
+        summary["selection"] = chosen["selection"]
+        summary["candidates"] = chosen["candidates"]
+        summary.update({k: v for k, v in recipe_pred.extra.items() if isinstance(v, (int, float, str))})
+        warnings = untrained_warnings(ctx, recipe_pred)
         if warnings:
             summary["warnings"] = warnings
             for w in warnings:

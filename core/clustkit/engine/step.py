@@ -68,7 +68,7 @@ class StepOutputs:
             if head not in net.heads:
                 raise KeyError(f"head {head!r} is not in the {'momentum' if momentum else 'online'} network; "
                                f"heads are {sorted(net.heads)}")
-            feats = self._get(view, None, momentum, False)
+            feats = self._get(view, net.head_input(head), momentum, False)  # a predictor reads its projector
             with torch.no_grad() if momentum else torch.enable_grad():
                 value = net.heads[head](feats)
         self._cache[key] = value

@@ -7,10 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from clustkit.cluster.metrics import METRIC_KEYS  # shown under "metrics/" (the losses go under "loss/")
 from clustkit.errors import UserError
-
-#: metrics.jsonl keys shown under "metrics/" (the losses go under "loss/")
-METRIC_KEYS = ("acc", "nmi", "ari", "ami")
 
 
 class TensorBoardLog:

@@ -80,6 +80,14 @@ def evaluate(ctx: RunContext) -> Any:
     """Evaluation: return a ``Prediction`` (one cluster id per dataset item, in index order)."""
 
 
+@hookspec
+def candidates(ctx: RunContext) -> dict[str, Any] | None:
+    """Candidate clusterings: return ``{name: Prediction}`` for clusterings the run can give
+    besides the engine's own (the argmax of each soft-assignment head, k-means on every feature
+    space): a second stage's streams, a refiner's head. Called once at the end of a run; the
+    label-free ``run.select`` chooses the run's output among all of them."""
+
+
 # --- lifecycle ----------------------------------------------------------------------------
 
 

@@ -35,6 +35,10 @@ class RunSection(_Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     deterministic: bool = False
+    select: Literal["agreement", "silhouette", "recipe"] = Field(
+        "agreement", description="how the run's output is chosen among its candidate clusterings, without labels: "
+        "'agreement' (mean NMI with the other feature spaces' candidates), 'silhouette' (backbone, sampled) or "
+        "'recipe' (the [evaluation] section's, and no other candidate is computed); docs/selection.md")
     report: bool = Field(True, description="write report.html and its figures into the run folder (docs/report.md)")
     tensorboard: bool = Field(False, description="also log each epoch's scalars to <run folder>/tensorboard")
     max_unreadable: float = Field(
@@ -83,7 +87,7 @@ COMPONENT_SECTIONS: tuple[tuple[str, str, bool, bool], ...] = (
     ("losses", "loss", True, False),
     ("grouping", "grouper", False, False),
     ("evaluation", "evaluator", False, True),
-    ("refine", "refiner", False, False),
+    ("refine", "refiner", True, False),     # stages run in recipe order after training
 )
 CORE_SECTIONS: dict[str, type[BaseModel]] = {
     "run": RunSection,
@@ -112,7 +116,7 @@ class Recipe:
     grouping: BaseModel
     heads: dict[str, BaseModel] = field(default_factory=dict)
     losses: dict[str, BaseModel] = field(default_factory=dict)
-    refine: BaseModel | None = None
+    refine: dict[str, BaseModel] = field(default_factory=dict)
     unlabeled: BaseModel | None = None
 
     def to_dict(self) -> dict[str, Any]:

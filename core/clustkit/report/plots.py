@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from clustkit.atomic import atomic_write
+from clustkit.cluster.metrics import METRIC_KEYS
 
 __all__ = [
-    "METRIC_KEYS",
     "plot_cluster_grid",
     "plot_cluster_sizes",
     "plot_confusion",
@@ -27,7 +27,6 @@ __all__ = [
     "save",
 ]
 
-METRIC_KEYS = ("acc", "nmi", "ari", "ami")
 MAX_GRID_CLUSTERS = 20
 PER_SIDE = 8  # most / least confident members shown per cluster
 MAX_CONFUSION_COLUMNS = 60

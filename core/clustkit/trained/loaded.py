@@ -28,11 +28,6 @@ class Assignment:
     embedding: np.ndarray | None = None   # the features the rule read, when asked for
 
 
-def _probabilities(x: torch.Tensor) -> bool:
-    """Whether a head's output rows are probability vectors (a soft-assignment head)."""
-    return bool(x.numel()) and bool((x >= -1e-6).all()) and bool(torch.allclose(x.sum(1), torch.ones(len(x)), atol=1e-3))
-
-
 def _rows(x: np.ndarray, cosine: bool) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) if cosine else x
 
@@ -141,45 +136,39 @@ class TrainedRun:
 
     # -- evaluation ---------------------------------------------------------------------------
     def all_features(self) -> dict[str, np.ndarray]:
-        """The run's dataset in every feature space: the backbone and each head."""
-        return {space: self.features(space) for space in ["backbone", *self.heads]}
+        """The run's dataset in every feature space: the backbone and each head (one pass)."""
+        spaces = self.ctx.extract_spaces(["backbone", *self.heads])
+        return {space: feats.numpy() for space, feats in spaces.items()}
 
-    def candidates(self, features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Every clustering the run can give its dataset: the recipe's evaluation, the argmax of
-        each soft-assignment head, and k-means (the recipe's grouper) on the backbone and on each
-        head's features (``features``: :meth:`all_features`, when the caller has them already)."""
+    def candidates(self) -> dict[str, Any]:
+        """Every clustering the run can give its dataset and the label-free choice among them, as
+        the run records them at its end (``summary.json["candidates"]`` and ``["selection"]``;
+        docs/selection.md): the recipe's evaluation, the argmax of each soft-assignment head,
+        k-means on every feature space, and the plugins' own (a second stage's streams)."""
+        return self._candidates()[1]
+
+    def _candidates(self, features: dict[str, torch.Tensor] | None = None) -> tuple[Any, dict[str, Any]]:
+        from clustkit.engine.candidates import choose
+        from clustkit.engine.reporting import sample_features
         from clustkit.engine.run import evaluate
 
-        ctx = self.ctx
-        pred, _ = evaluate(ctx)
-        out = {f"recipe ({pred.source})": pred.labels}
-        for space, array in (features or self.all_features()).items():
-            feats = torch.from_numpy(array)
-            if space != "backbone" and _probabilities(feats):
-                out[f"argmax:{space}"] = feats.argmax(1).numpy()
-            result = ctx.group(feats, ctx.n_clusters, spherical=True)
-            out[f"kmeans:{space}"] = np.asarray(result.labels, dtype=np.int64)
-        return out
+        recipe_pred, _ = evaluate(self.ctx)
+        return choose(self.ctx, recipe_pred, sample_features(self.ctx), features, every_space=True)
 
     def evaluate(self, probes: bool = True) -> dict[str, Any]:
-        """Metrics (where the dataset has labels) and label-free diagnostics of every candidate,
-        plus kNN and linear-probe accuracy of the backbone features."""
-        from clustkit.cluster.diagnostics import cluster_diagnostics
-        from clustkit.cluster.metrics import evaluate_clustering
+        """Metrics (where the dataset has labels), label-free diagnostics and selection score of
+        every candidate, the label-free choice, and kNN and linear-probe accuracy of the backbone
+        features."""
         from clustkit.trained.probes import knn_accuracy, linear_probe_accuracy
 
         labels = np.asarray(self.ctx.dataset.labels)
-        has_labels = bool((labels >= 0).any())
-        features = self.all_features()  # once, for the candidates and the probes
-        rows = {}
-        for name, clusters in self.candidates(features).items():
-            row: dict[str, Any] = dict(evaluate_clustering(labels, clusters)) if has_labels else {}
-            row.update(cluster_diagnostics(clusters, self.ctx.n_clusters))
-            rows[name] = row
+        features = self.ctx.extract_spaces(["backbone", *self.heads])  # once, for the candidates and the probes
+        _, record = self._candidates(features)
         result: dict[str, Any] = {"run": str(self.folder), "dataset": getattr(self.ctx.dataset, "name", ""),
-                                  "n_samples": len(labels), "candidates": rows}
-        if probes and has_labels:
-            feats = features["backbone"]
+                                  "n_samples": len(labels), "selection": record["selection"],
+                                  "candidates": record["candidates"]}
+        if probes and bool((labels >= 0).any()):
+            feats = features["backbone"].numpy()
             keep = labels >= 0
             result["knn_acc"] = knn_accuracy(feats[keep], labels[keep], seed=self.ctx.seed)
             result["linear_probe_acc"] = linear_probe_accuracy(feats[keep], labels[keep], seed=self.ctx.seed)

@@ -1,0 +1,130 @@
+"""A finished run's candidate clusterings, and the label-free choice of its output among them
+(:mod:`clustkit.cluster.selection` holds the criteria; docs/selection.md explains them).
+
+Candidates: the recipe's evaluation; the argmax of every soft-assignment head; spherical
+k-means (the recipe's grouper) on the backbone and on every head, of the online network and,
+when the recipe has one, of the momentum network; and whatever the ``candidates`` hook adds (a
+second stage's streams, a refiner's head). Each is a :class:`Prediction`, so the chosen one
+also tells ``clustkit predict`` how to place a new image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from clustkit.cluster.diagnostics import cluster_diagnostics
+from clustkit.cluster.metrics import evaluate_clustering
+from clustkit.cluster.selection import Selection, select
+from clustkit.engine.context import Prediction, RunContext
+
+
+def is_probability(x: torch.Tensor) -> bool:
+    """Whether a head's output rows are probability vectors (a soft-assignment head)."""
+    return bool(x.numel()) and bool((x >= -1e-6).all()) and bool(
+        torch.allclose(x.sum(1), torch.ones(len(x)), atol=1e-3))
+
+
+def candidate_name(pred: Prediction) -> str:
+    """``<kind>:<space>`` (``kmeans:momentum/projector`` for the momentum network)."""
+    if pred.momentum and ":" in pred.source and "momentum/" not in pred.source:
+        kind, space = pred.source.split(":", 1)
+        return f"{kind}:momentum/{space}"
+    return pred.source
+
+
+def candidate_space(pred: Prediction) -> str:
+    """The feature space a candidate reads, as recorded in ``summary.json``: a network space for
+    argmax and k-means candidates, else the part of its name before the colon (all of
+    ``iciclegcn_gcn:a``, ``:b``, ``:mean`` come from one second stage)."""
+    kind = pred.source.split(":", 1)[0]
+    if kind in ("argmax", "kmeans"):
+        return ("momentum/" if pred.momentum else "") + pred.space
+    return kind
+
+
+def feature_spaces(ctx: RunContext, momentum: bool) -> list[str]:
+    net = ctx.momentum_model if momentum else ctx.model
+    return ["backbone", *net.heads]
+
+
+def space_candidates(ctx: RunContext, features: dict[str, torch.Tensor], momentum: bool) -> dict[str, Prediction]:
+    """argmax of each soft-assignment head and spherical k-means on every space of one network."""
+    out: dict[str, Prediction] = {}
+    prefix = "momentum/" if momentum else ""
+    for space, feats in features.items():
+        if space != "backbone" and is_probability(feats):
+            conf, labels = feats.max(1)
+            out[f"argmax:{prefix}{space}"] = Prediction(labels.numpy().astype(np.int64), f"argmax:{prefix}{space}",
+                                                        conf.numpy(), space=space, rule="argmax", momentum=momentum)
+        result = ctx.group(feats, ctx.n_clusters, spherical=True)
+        out[f"kmeans:{prefix}{space}"] = Prediction(
+            np.asarray(result.labels, dtype=np.int64), f"kmeans:{prefix}{space}", space=space,
+            rule="cosine_centroid", momentum=momentum, centroids=np.asarray(result.centroids, dtype=np.float32))
+    return out
+
+
+def run_candidates(ctx: RunContext, recipe_pred: Prediction, every_space: bool = True,
+                   features: dict[str, torch.Tensor] | None = None,
+                   exclude: tuple[str, ...] = ()) -> dict[str, Prediction]:
+    """The recipe's evaluation first, then (``every_space``) the argmax and k-means candidates of
+    every feature space but the heads in ``exclude`` (one a later stage has not trained yet), then
+    the plugins' (``candidates`` hook). Unreadable items get -1. ``features``: the online
+    network's spaces, when the caller has extracted them already."""
+    out = {candidate_name(recipe_pred): recipe_pred}
+    if every_space:
+        for momentum in ([False, True] if ctx.has_momentum else [False]):
+            if momentum or features is None:
+                spaces = [s for s in feature_spaces(ctx, momentum) if s not in exclude]
+                features = ctx.extract_spaces(spaces, momentum=momentum)
+            features = {s: f for s, f in features.items() if s not in exclude}
+            for name, pred in space_candidates(ctx, features, momentum).items():
+                out.setdefault(name, pred)  # the recipe's own evaluation keeps its settings
+    for extra in ctx.hook.candidates(ctx=ctx):
+        for name, pred in (extra or {}).items():
+            out.setdefault(name, pred)
+    unreadable = sorted(ctx.source.unreadable)
+    for pred in out.values():
+        pred.labels = np.asarray(pred.labels, dtype=np.int64)
+        if unreadable:
+            pred.labels = pred.labels.copy()
+            pred.labels[unreadable] = -1
+    return out
+
+
+def choose(ctx: RunContext, recipe_pred: Prediction, sample: tuple[np.ndarray, np.ndarray] | None,
+           features: dict[str, torch.Tensor] | None = None,
+           every_space: bool | None = None, exclude: tuple[str, ...] = ()) -> tuple[Prediction, dict[str, Any]]:
+    """The run's output by ``run.select`` and the record of every candidate: labelled metrics
+    where the dataset has labels (never read by the choice), label-free diagnostics (size balance,
+    empty clusters, a silhouette on ``sample`` = (indices, backbone features)) and the score.
+    ``features``, ``every_space``, ``exclude``: as in :func:`run_candidates` (``every_space`` defaults to
+    False for ``run.select = "recipe"``, which then costs nothing)."""
+    criterion = ctx.recipe.run.select
+    candidates = run_candidates(ctx, recipe_pred, every_space=criterion != "recipe" if every_space is None else every_space,
+                                features=features, exclude=exclude)
+    recipe_name = candidate_name(recipe_pred)
+    idx, feats = sample if sample is not None else (None, None)
+    diagnostics = {name: cluster_diagnostics(p.labels, ctx.n_clusters, feats, feature_index=idx)
+                   for name, p in candidates.items()}
+    selection: Selection = select({n: p.labels for n, p in candidates.items()}, criterion, recipe_name,
+                                  {n: d.get("silhouette") for n, d in diagnostics.items()})
+    labels = np.asarray(ctx.dataset.labels)
+    has_labels = bool((labels >= 0).any())
+    rows: dict[str, dict[str, Any]] = {}
+    for name, pred in candidates.items():
+        row: dict[str, Any] = {"space": candidate_space(pred), "rule": pred.rule}
+        if name == recipe_name:
+            row["recipe"] = True
+        if selection.scores.get(name) is not None:
+            row["score"] = selection.scores[name]
+        row.update(diagnostics[name])
+        if has_labels:
+            row.update(evaluate_clustering(labels, pred.labels))
+        rows[name] = row
+    record = {"selected": selection.chosen, "candidates": rows,
+              "selection": {"criterion": selection.criterion, "chosen": selection.chosen, "reason": selection.reason,
+                            "recipe": recipe_name}}
+    return candidates[selection.chosen], record
