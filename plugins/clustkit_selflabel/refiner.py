@@ -137,7 +137,6 @@ class SelfLabelRefiner:
             confidence = np.asarray(pred.scores, dtype=np.float64)
         else:
             confidence = centroid_confidence(ctx.extract().numpy(), clusters, ctx.n_clusters)
-        confidence[sorted(ctx.source.unreadable)] = -np.inf
         self._select(ctx, clusters, confidence, threshold=None)
 
     def _per_cluster(self, ctx: RunContext) -> int:

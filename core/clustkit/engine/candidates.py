@@ -10,6 +10,7 @@ also tells ``clustkit predict`` how to place a new image.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
 import numpy as np
@@ -50,18 +51,23 @@ def feature_spaces(ctx: RunContext, momentum: bool) -> list[str]:
     return ["backbone", *net.heads]
 
 
-def space_candidates(ctx: RunContext, features: dict[str, torch.Tensor], momentum: bool) -> dict[str, Prediction]:
-    """argmax of each soft-assignment head and spherical k-means on every space of one network."""
+def space_candidates(ctx: RunContext, features: dict[str, torch.Tensor], momentum: bool,
+                     known: Container[str] = ()) -> dict[str, Prediction]:
+    """argmax of each soft-assignment head and spherical k-means on every space of one network,
+    except the candidates named in ``known`` (the recipe's own evaluation: no k-means twice)."""
     out: dict[str, Prediction] = {}
     prefix = "momentum/" if momentum else ""
     for space, feats in features.items():
-        if space != "backbone" and is_probability(feats):
+        argmax, kmeans = f"argmax:{prefix}{space}", f"kmeans:{prefix}{space}"
+        if argmax not in known and space != "backbone" and is_probability(feats):
             conf, labels = feats.max(1)
-            out[f"argmax:{prefix}{space}"] = Prediction(labels.numpy().astype(np.int64), f"argmax:{prefix}{space}",
-                                                        conf.numpy(), space=space, rule="argmax", momentum=momentum)
+            out[argmax] = Prediction(labels.numpy().astype(np.int64), argmax, conf.numpy(), space=space,
+                                     rule="argmax", momentum=momentum)
+        if kmeans in known:
+            continue
         result = ctx.group(feats, ctx.n_clusters, spherical=True)
-        out[f"kmeans:{prefix}{space}"] = Prediction(
-            np.asarray(result.labels, dtype=np.int64), f"kmeans:{prefix}{space}", space=space,
+        out[kmeans] = Prediction(
+            np.asarray(result.labels, dtype=np.int64), kmeans, space=space,
             rule="cosine_centroid", momentum=momentum, centroids=np.asarray(result.centroids, dtype=np.float32))
     return out
 
@@ -80,8 +86,7 @@ def run_candidates(ctx: RunContext, recipe_pred: Prediction, every_space: bool =
                 spaces = [s for s in feature_spaces(ctx, momentum) if s not in exclude]
                 features = ctx.extract_spaces(spaces, momentum=momentum)
             features = {s: f for s, f in features.items() if s not in exclude}
-            for name, pred in space_candidates(ctx, features, momentum).items():
-                out.setdefault(name, pred)  # the recipe's own evaluation keeps its settings
+            out.update(space_candidates(ctx, features, momentum, known=out))  # the recipe's own keeps its settings
     for extra in ctx.hook.candidates(ctx=ctx):
         for name, pred in (extra or {}).items():
             out.setdefault(name, pred)
