@@ -43,7 +43,7 @@ def test_every_folder_is_a_package_named_as_it_is_imported() -> None:
                 assert init.is_file(), f"{init.parent} holds Python files but is not a package"
     top = {name.split(".")[0] for name in packages()}
     assert top == {"clustkit", "clustkit_cc", "clustkit_sacc", "clustkit_dchl", "clustkit_digpro", "clustkit_iciclegcn",
-                   "clustkit_selflabel"}
+                   "clustkit_selflabel", "clustkit_manifold"}
 
 
 def test_pyproject_lists_no_packages_and_maps_no_folders() -> None:

@@ -53,8 +53,11 @@ def test_disabling_dchl_leaves_sacc_working():
     assert cli("check", str(MIX), disable="dchl").returncode == 2
 
 
+CPU_BUDGET = ("usps", "mnist", "coil20", "fashion_mnist")  # small-CNN recipes, not the papers' settings
+
+
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("recipes/*/*.toml")
-                                        if p.stem in ("sacc", "dchl")))
+                                        if p.stem in ("sacc", "dchl") and p.parent.name not in CPU_BUDGET))
 def test_paper_recipes_validate(path, plugin_set):
     from clustkit.recipe import load
 

@@ -58,6 +58,30 @@ def test_knn_matches_brute_force(backend: str, exclude_self: bool) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_knn_of_some_rows_equals_those_rows_of_the_full_search(backend: str) -> None:
+    x = np.random.default_rng(2).normal(size=(250, 6)).astype(np.float32)
+    rows = np.array([3, 0, 249, 17, 100])
+    dist, idx = knn(x, 6, backend=backend, rows=rows)
+    ref_d, ref_i = brute_knn(x, 6, exclude_self=True)
+    np.testing.assert_array_equal(idx, ref_i[rows])
+    np.testing.assert_allclose(dist, ref_d[rows], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_knn_among_some_rows_returns_rows_of_x(backend: str) -> None:
+    x = np.random.default_rng(3).normal(size=(120, 5)).astype(np.float32)
+    among = np.arange(1, 120, 3)
+    rows = np.array([0, 1, 50])
+    dist, idx = knn(x, 4, backend=backend, rows=rows, among=among)
+    for r, (d_row, i_row) in enumerate(zip(dist, idx)):
+        d = ((x[among] - x[rows[r]]) ** 2).sum(1)
+        d[among == rows[r]] = np.inf  # the query itself is excluded
+        ref = among[np.argsort(d, kind="stable")[:4]]
+        np.testing.assert_array_equal(i_row, ref)
+        np.testing.assert_allclose(d_row, np.sort(d)[:4], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_knn_torch_blocks_and_faiss_chunks(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(neighbors, "_BLOCK_BYTES", 4 * 200 * 17)  # 17-row torch blocks
     x = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)

@@ -72,7 +72,7 @@ def test_silhouette_criterion_takes_the_highest_silhouette() -> None:
     cands = {"a": np.array([0, 1, 0, 1]), "b": np.array([1, 0, 0, 1])}
     chosen = select(cands, "silhouette", recipe="a", silhouettes={"a": 0.1, "b": 0.4})
     assert chosen.chosen == "b"
-    with pytest.raises(ValueError, match="agreement, silhouette, recipe"):
+    with pytest.raises(ValueError, match="agreement, neighbors, silhouette, recipe"):
         select(cands, "labels", recipe="a")
 
 
@@ -135,3 +135,38 @@ def test_assignments_and_predict_follow_the_chosen_candidate(finished_run: Path)
     assert run.summary["assign"] == summary["assign"]
     predicted = run.predict(run.ctx.dataset).clusters
     assert np.mean(predicted == written) > 0.99  # a new image goes where the chosen clustering puts it
+
+
+def test_neighbor_scores_against_a_naive_loop() -> None:
+    from clustkit.cluster.selection import neighbor_scores
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 60)
+    labels[:3] = -1  # items without a cluster count for neither side
+    query = rng.choice(60, 20, replace=False)
+    near = rng.integers(0, 60, (20, 5))
+    same = total = 0
+    for i, q in enumerate(query):
+        for j in near[i]:
+            if labels[q] >= 0 and labels[j] >= 0:
+                total += 1
+                same += labels[q] == labels[j]
+    p = np.bincount(labels[labels >= 0]) / (labels >= 0).sum()
+    chance = (p ** 2).sum()
+    expected = (same / total - chance) / (1 - chance)
+    got = neighbor_scores({"a": labels, "one": np.zeros(60, np.int64)}, query, near)
+    assert got["a"] == pytest.approx(expected, abs=1e-6) and got["one"] is None
+
+
+def test_the_neighbors_criterion_prefers_the_clustering_that_keeps_neighbourhoods() -> None:
+    from clustkit.cluster.neighbors import knn
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 40)
+    x = rng.normal(size=(120, 4)) * 0.1 + np.eye(4)[truth] * 3
+    query = np.arange(0, 120, 3)
+    _, near = knn(x, 5, rows=query)
+    cut = truth.copy()
+    cut[::2] = (cut[::2] + 1) % 3  # half of every cluster moved: neighbourhoods cut
+    chosen = select({"cut": cut, "truth": truth}, "neighbors", recipe="cut", neighbors=(query, near))
+    assert chosen.chosen == "truth" and chosen.scores["truth"] == pytest.approx(1.0)

@@ -23,49 +23,52 @@ NORMALIZATIONS = ("sym", "row", "none")
 _BLOCK_BYTES = 1 << 28  # ~256 MiB of distances per block in the torch fallback
 
 
-def _faiss_search(x: np.ndarray, kk: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+def _faiss_search(x: np.ndarray, q: np.ndarray, kk: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
-    parts = [index.search(x[s : s + chunk], kk) for s in range(0, x.shape[0], chunk)]
+    parts = [index.search(q[s : s + chunk], kk) for s in range(0, q.shape[0], chunk)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _torch_search(x: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+def _torch_search(x: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    xt = torch.from_numpy(x)
+    xt, qt = torch.from_numpy(x), torch.from_numpy(q)
     block = max(1, _BLOCK_BYTES // (4 * x.shape[0]))
     dists, idxs = [], []
-    for s in range(0, x.shape[0], block):
-        d = torch.cdist(xt[s : s + block], xt).pow_(2)
+    for s in range(0, q.shape[0], block):
+        d = torch.cdist(qt[s : s + block], xt).pow_(2)
         vals, ind = torch.topk(d, kk, dim=1, largest=False, sorted=True)
         dists.append(vals)
         idxs.append(ind)
     return torch.cat(dists).numpy(), torch.cat(idxs).numpy()
 
 
-def _drop_self(dist: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each query's own index from its k+1 results, else its last column.
+def _drop_self(dist: np.ndarray, idx: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each query's own index (``rows``, default 0..n-1) from its k+1 results, else its
+    last column.
 
     With duplicate points the query may tie with (and be ranked after) its copies,
     or fall out of the list entirely; both cases keep k true neighbours.
     """
     n, kk = idx.shape
-    drop = idx == np.arange(n)[:, None]
+    drop = idx == (np.arange(n) if rows is None else np.asarray(rows))[:, None]
     drop[~drop.any(axis=1), kk - 1] = True
     keep = ~drop
     return dist[keep].reshape(n, kk - 1), idx[keep].reshape(n, kk - 1)
 
 
 def knn(
-    x: Any, k: int, *, exclude_self: bool = True, backend: str = "auto", chunk: int = 16384
+    x: Any, k: int, *, exclude_self: bool = True, backend: str = "auto", chunk: int = 16384,
+    rows: np.ndarray | None = None, among: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of every row of ``x`` among the rows of ``x``.
+    """Exact k nearest neighbours of every row of ``x`` (or of the rows ``rows``) among the
+    rows of ``x`` (or among the rows ``among``; the indices returned are still rows of ``x``).
 
-    Returns ``(dist, idx)``: N x k float32 squared L2 distances (ascending) and
-    N x k int64 indices. ``backend`` is "auto" (faiss if importable), "faiss"
+    Returns ``(dist, idx)``: Q x k float32 squared L2 distances (ascending) and
+    Q x k int64 indices, Q = N or ``len(rows)``. ``backend`` is "auto" (faiss if importable), "faiss"
     (``IndexFlatL2``, queries in chunks of ``chunk``) or "torch" (``cdist`` on
     row blocks + ``topk``).
     """
@@ -81,10 +84,16 @@ def knn(
         backend = "faiss" if faiss_available() else "torch"
     if backend == "faiss" and not faiss_available():
         raise FaissNotAvailableError("knn backend 'faiss' requested but faiss is not installed")
-    dist, idx = _faiss_search(xs, kk, chunk) if backend == "faiss" else _torch_search(xs, kk)
+    qs = xs if rows is None else np.ascontiguousarray(xs[np.asarray(rows)])
+    db = xs if among is None else np.ascontiguousarray(xs[np.asarray(among)])
+    if kk > len(db):
+        raise ValueError(f"k={k} is too large for {len(db)} candidate neighbours (exclude_self={exclude_self})")
+    dist, idx = _faiss_search(db, qs, kk, chunk) if backend == "faiss" else _torch_search(db, qs, kk)
     dist = np.maximum(dist, 0.0).astype(np.float32, copy=False)
     idx = idx.astype(np.int64, copy=False)
-    return _drop_self(dist, idx) if exclude_self else (dist, idx)
+    if among is not None:
+        idx = np.asarray(among, dtype=np.int64)[idx]
+    return _drop_self(dist, idx, rows) if exclude_self else (dist, idx)
 
 
 def knn_graph(

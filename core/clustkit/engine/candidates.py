@@ -18,7 +18,8 @@ import torch
 
 from clustkit.cluster.diagnostics import cluster_diagnostics
 from clustkit.cluster.metrics import evaluate_clustering
-from clustkit.cluster.selection import Selection, select
+from clustkit.cluster.neighbors import knn
+from clustkit.cluster.selection import NEIGHBORS, Selection, select
 from clustkit.engine.context import Prediction, RunContext
 
 
@@ -37,11 +38,12 @@ def candidate_name(pred: Prediction) -> str:
 
 
 def candidate_space(pred: Prediction) -> str:
-    """The feature space a candidate reads, as recorded in ``summary.json``: a network space for
-    argmax and k-means candidates, else the part of its name before the colon (all of
-    ``iciclegcn_gcn:a``, ``:b``, ``:mean`` come from one second stage)."""
-    kind = pred.source.split(":", 1)[0]
-    if kind in ("argmax", "kmeans"):
+    """The feature space a candidate reads, as recorded in ``summary.json``: the network space
+    when its name is ``<kind>:<space>`` of its own ``space`` (argmax, k-means, UMAP), else the
+    part of its name before the colon (all of ``iciclegcn_gcn:a``, ``:b``, ``:mean`` come from
+    one second stage)."""
+    kind, _, space = pred.source.partition(":")
+    if space.removeprefix("momentum/") == pred.space:
         return ("momentum/" if pred.momentum else "") + pred.space
     return kind
 
@@ -99,6 +101,14 @@ def run_candidates(ctx: RunContext, recipe_pred: Prediction, every_space: bool =
     return out
 
 
+def sample_neighbors(backbone: torch.Tensor, idx: np.ndarray, k: int = NEIGHBORS) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, the ``k`` nearest items of each, by cosine on the whole dataset's backbone features):
+    what the ``neighbors`` criterion reads."""
+    x = torch.nn.functional.normalize(backbone.float(), dim=1).numpy()
+    _, near = knn(x, min(k, len(x) - 1), rows=idx)
+    return idx, near
+
+
 def choose(ctx: RunContext, recipe_pred: Prediction, sample: tuple[np.ndarray, np.ndarray] | None,
            features: dict[str, torch.Tensor] | None = None,
            every_space: bool | None = None, exclude: tuple[str, ...] = ()) -> tuple[Prediction, dict[str, Any]]:
@@ -106,16 +116,22 @@ def choose(ctx: RunContext, recipe_pred: Prediction, sample: tuple[np.ndarray, n
     where the dataset has labels (never read by the choice), label-free diagnostics (size balance,
     empty clusters, a silhouette on ``sample`` = (indices, backbone features)) and the score.
     ``features``, ``every_space``, ``exclude``: as in :func:`run_candidates` (``every_space`` defaults to
-    False for ``run.select = "recipe"``, which then costs nothing)."""
+    True: even ``run.select = "recipe"`` lists every candidate, one extraction pass and a k-means
+    per space)."""
     criterion = ctx.recipe.run.select
-    candidates = run_candidates(ctx, recipe_pred, every_space=criterion != "recipe" if every_space is None else every_space,
-                                features=features, exclude=exclude)
-    recipe_name = candidate_name(recipe_pred)
+    every_space = True if every_space is None else every_space
     idx, feats = sample if sample is not None else (None, None)
+    near = None
+    if criterion == "neighbors" and idx is not None:
+        if features is None:
+            features = ctx.extract_spaces([s for s in feature_spaces(ctx, False) if s not in exclude])
+        near = sample_neighbors(features["backbone"], idx)
+    candidates = run_candidates(ctx, recipe_pred, every_space=every_space, features=features, exclude=exclude)
+    recipe_name = candidate_name(recipe_pred)
     diagnostics = {name: cluster_diagnostics(p.labels, ctx.n_clusters, feats, feature_index=idx)
                    for name, p in candidates.items()}
     selection: Selection = select({n: p.labels for n, p in candidates.items()}, criterion, recipe_name,
-                                  {n: d.get("silhouette") for n, d in diagnostics.items()})
+                                  {n: d.get("silhouette") for n, d in diagnostics.items()}, near)
     labels = np.asarray(ctx.dataset.labels)
     has_labels = bool((labels >= 0).any())
     rows: dict[str, dict[str, Any]] = {}

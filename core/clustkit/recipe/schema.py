@@ -35,10 +35,11 @@ class RunSection(_Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     deterministic: bool = False
-    select: Literal["agreement", "silhouette", "recipe"] = Field(
+    select: Literal["agreement", "neighbors", "silhouette", "recipe"] = Field(
         "agreement", description="how the run's output is chosen among its candidate clusterings, without labels: "
-        "'agreement' (mean NMI with the other feature spaces' candidates), 'silhouette' (backbone, sampled) or "
-        "'recipe' (the [evaluation] section's, and no other candidate is computed); docs/selection.md")
+        "'agreement' (mean NMI with the other feature spaces' candidates), 'neighbors' (backbone kNN kept together, "
+        "chance-corrected), 'silhouette' (backbone, sampled) or "
+        "'recipe' (the [evaluation] section's; the others are still listed); docs/selection.md")
     report: bool = Field(True, description="write report.html and its figures into the run folder (docs/report.md)")
     tensorboard: bool = Field(False, description="also log each epoch's scalars to <run folder>/tensorboard")
     max_unreadable: float = Field(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from clustkit.cluster.manifold import embed
+
 __all__ = ["MIN_POINTS", "embed_2d"]
 
 MIN_POINTS = 5  # below this neither method gives a meaningful picture
@@ -28,12 +30,11 @@ def embed_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
         raise ValueError(f"a 2-D embedding needs at least {MIN_POINTS} rows, got {n}")
     x = _prepare(features)
     try:
-        import umap  # type: ignore[import-not-found]
+        import umap  # type: ignore[import-not-found]  # noqa: F401  (a dependency; t-SNE if it fails to load)
     except ImportError:
         umap = None
-    if umap is not None:
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed)
-        return np.asarray(reducer.fit_transform(x), dtype=np.float64), "UMAP"
+    if umap is not None:  # UMAP's defaults for a picture (min_dist 0.1), on clustkit's exact neighbours
+        return embed(x, 2, 15, 0.1, "euclidean", seed), "UMAP"
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 

@@ -1,0 +1,67 @@
+"""UMAP embeddings of feature rows: what the ``manifold`` plugin clusters (N2D) and what the
+report draws. umap-learn is imported on first use (numba's start-up costs seconds)."""
+
+from __future__ import annotations
+
+import warnings
+import numpy as np
+
+from clustkit.cluster.neighbors import knn
+from clustkit.errors import UserError
+
+__all__ = ["embed", "extend_by_neighbors", "unit_rows"]
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def embed(x: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, metric: str, seed: int) -> np.ndarray:
+    """UMAP embedding of the rows of ``x`` (float32), seeded: umap-learn then runs its layout on
+    one thread. Known limit: in a fresh process the embedding is the same every time, but once
+    torch is imported a second call in the same process was seen to give a different layout (on
+    USPS features; the exact-kNN graph and the initialisation are identical), so a re-evaluation
+    can differ from the run's own (docs/plugins/manifold.md).
+
+    The neighbour graph UMAP starts from is exact (``clustkit.cluster.neighbors.knn``, FAISS) and
+    handed to umap-learn: on USPS's 9,298 features that takes 34 s in all instead of 105 s with
+    umap-learn's own approximate search, most of which is numba compiling it, at the same ACC."""
+    try:
+        import umap  # umap-learn; imported here because numba's start-up costs seconds
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise UserError("a UMAP embedding needs umap-learn: pip install umap-learn") from e
+    n = len(x)
+    n_neighbors = min(n_neighbors, n - 1)
+    pts = unit_rows(x) if metric == "cosine" else x
+    d2, idx = knn(pts, n_neighbors, exclude_self=False)  # each point first, as umap-learn's own search
+    dist = d2 / 2.0 if metric == "cosine" else np.sqrt(d2)  # ‖a − b‖² = 2 (1 − cos) for unit rows
+    reducer = umap.UMAP(n_components=n_components, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric,
+                        random_state=seed, n_jobs=1, init="spectral" if n > n_components + 1 else "random",
+                        precomputed_knn=(idx, dist.astype(np.float32), None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state": the point of the seed
+        return reducer.fit_transform(pts).astype(np.float64)
+
+
+def extend_by_neighbors(x: np.ndarray, fitted: np.ndarray, labels: np.ndarray, k: int, n_clusters: int,
+                        metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """(labels, share of the votes) for every row of ``x`` from the labels of the rows ``fitted``:
+    each other row takes the majority cluster of its ``k`` nearest fitted rows (ties: the nearest).
+    Fitted rows keep their own label (share 1). How a clustering of a sample reaches a dataset
+    too large to embed whole."""
+    pts = unit_rows(x) if metric == "cosine" else x
+    out = np.full(len(x), -1, dtype=np.int64)
+    out[fitted] = labels
+    share = np.ones(len(x))
+    rest = np.setdiff1d(np.arange(len(x)), fitted)
+    if len(rest):
+        _, near = knn(pts, min(k, len(fitted)), exclude_self=False, rows=rest, among=fitted)
+        votes = out[near]  # (len(rest), k) cluster ids, nearest first
+        counts = np.zeros((len(rest), n_clusters), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(len(rest)), votes.shape[1]), votes.ravel()), 1)
+        best = counts.max(1, keepdims=True)
+        # among the tied clusters, the one whose member is nearest: the first vote that is tied-best
+        tied = counts[np.arange(len(rest))[:, None], votes] == best
+        out[rest] = votes[np.arange(len(rest)), tied.argmax(1)]
+        share[rest] = best[:, 0] / votes.shape[1]
+    return out, share

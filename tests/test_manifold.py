@@ -1,0 +1,86 @@
+"""The ``manifold`` plugin (UMAP + GMM evaluation, N2D): it finds curved clusters that k-means
+cuts, is deterministic for a seed (resume equality), and works as a run's evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_CC, run_recipe
+
+
+def _circles(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two concentric rings in 8-D (embedded by a fixed rotation): k-means splits them in halves."""
+    from sklearn.datasets import make_circles
+
+    x, y = make_circles(n, factor=0.4, noise=0.03, random_state=seed)
+    rot = np.linalg.qr(np.random.default_rng(seed).normal(size=(8, 8)))[0]
+    return np.hstack([x, np.zeros((n, 6))]) @ rot, y
+
+
+def test_umap_and_a_gmm_separate_rings_that_kmeans_cuts() -> None:
+    from sklearn.cluster import KMeans
+
+    from clustkit.cluster.metrics import cluster_acc
+    from clustkit_manifold.evaluator import cluster_embedding, embed
+
+    x, y = _circles()
+    assert cluster_acc(y, KMeans(2, n_init=5, random_state=0).fit_predict(x)) < 0.75
+    z = embed(x.astype(np.float32), 2, 15, 0.0, "euclidean", seed=0)
+    labels, conf, fit = cluster_embedding(z, 2, "gmm", 3, seed=0)
+    assert cluster_acc(y, labels) > 0.99 and conf.shape == (len(x),) and np.isfinite(fit)
+    km_labels, _, _ = cluster_embedding(z, 2, "kmeans", 3, seed=0)
+    assert cluster_acc(y, km_labels) > 0.99
+    again = embed(x.astype(np.float32), 2, 15, 0.0, "euclidean", seed=0)
+    np.testing.assert_array_equal(z, again)  # a fixed seed: the same embedding (what resume needs)
+
+
+def test_items_outside_the_sample_take_their_neighbours_majority() -> None:
+    from clustkit.cluster.manifold import extend_by_neighbors
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    fitted = np.arange(0, 40, 2)
+    labels = rng.integers(0, 3, len(fitted))
+    got, share = extend_by_neighbors(x, fitted, labels, 5, 3, metric="euclidean")
+    np.testing.assert_array_equal(got[fitted], labels)
+    assert (share[fitted] == 1).all() and ((share > 0) & (share <= 1)).all()
+    lab = dict(zip(fitted.tolist(), labels.tolist()))
+    for i in range(1, 40, 2):  # naive: sort the fitted items by distance, count the first 5 votes
+        order = sorted(fitted.tolist(), key=lambda j: float(((x[i] - x[j]) ** 2).sum()))[:5]
+        votes = [lab[j] for j in order]
+        best = max(votes.count(c) for c in set(votes))
+        assert got[i] == next(v for v in votes if votes.count(v) == best) and share[i] == best / 5
+
+
+@pytest.mark.slow
+def test_a_run_with_the_umap_evaluation(tmp_path: Path) -> None:
+    import clustkit
+    from clustkit.plugin_system.manager import get_plugins
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_CC)
+    out = tmp_path / "run"
+    run_recipe(recipe, get_plugins(), out, overrides=[
+        "run.plugins=['manifold']", 'evaluation={name="umap", n_neighbors=10, n_init=2, fit_on=1200}',
+        'run.select="recipe"'])
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["candidates"]
+    assert summary["selection"] == {**summary["selection"], "criterion": "recipe", "chosen": "umap:backbone"}
+    assert rows["umap:backbone"]["recipe"] and rows["umap:backbone"]["space"] == "backbone"
+    assert {"argmax:cluster", "kmeans:backbone"} <= set(rows)  # "recipe" still lists the other candidates
+    assert summary["acc"] == rows["umap:backbone"]["acc"] and summary["assign"]["rule"] == "cosine_centroid"
+    clusters = np.loadtxt(out / "assignments.csv", delimiter=",", skiprows=1, dtype=np.int64)[:, 1]
+    run = clustkit.load_run(out)
+    evaluated = run.evaluate(probes=False)  # the checkpoint re-evaluated: UMAP is again the recipe's candidate
+    assert evaluated["selection"]["chosen"] == "umap:backbone"
+    # a new image goes to the nearest cluster mean in (cosine) backbone space
+    feats = run.features("backbone")
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    means = np.stack([unit[clusters == c].mean(0) for c in range(10)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    placed, _, _ = run.assign(feats)
+    np.testing.assert_array_equal(placed, (unit @ means.T).argmax(1))
