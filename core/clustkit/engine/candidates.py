@@ -111,15 +111,13 @@ def sample_neighbors(backbone: torch.Tensor, idx: np.ndarray, k: int = NEIGHBORS
 
 def choose(ctx: RunContext, recipe_pred: Prediction, sample: tuple[np.ndarray, np.ndarray] | None,
            features: dict[str, torch.Tensor] | None = None,
-           every_space: bool | None = None, exclude: tuple[str, ...] = ()) -> tuple[Prediction, dict[str, Any]]:
+           every_space: bool = True, exclude: tuple[str, ...] = ()) -> tuple[Prediction, dict[str, Any]]:
     """The run's output by ``run.select`` and the record of every candidate: labelled metrics
     where the dataset has labels (never read by the choice), label-free diagnostics (size balance,
     empty clusters, a silhouette on ``sample`` = (indices, backbone features)) and the score.
-    ``features``, ``every_space``, ``exclude``: as in :func:`run_candidates` (``every_space`` defaults to
-    True: even ``run.select = "recipe"`` lists every candidate, one extraction pass and a k-means
-    per space)."""
+    ``features``, ``every_space``, ``exclude``: as in :func:`run_candidates` (even
+    ``run.select = "recipe"`` lists every candidate: one extraction pass and a k-means per space)."""
     criterion = ctx.recipe.run.select
-    every_space = True if every_space is None else every_space
     idx, feats = sample if sample is not None else (None, None)
     near = None
     if criterion == "neighbors" and idx is not None:

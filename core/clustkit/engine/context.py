@@ -234,7 +234,7 @@ class RunContext:
         pred, _ = evaluate(self)
         if not select:
             return pred, candidate_name(pred)
-        chosen, record = choose(self, pred, sample_features(self), every_space=True, exclude=exclude)
+        chosen, record = choose(self, pred, sample_features(self), exclude=exclude)
         return chosen, record["selection"]["chosen"]
 
     def group(self, features: Any, n_groups: int | None = None, *, spherical: bool = False,

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from clustkit.cluster.manifold import unit_rows
 from clustkit.engine.run_folder import ASSIGNMENTS, CHECKPOINT, RECIPE, SUMMARY
 from clustkit.errors import UserError
 
@@ -29,7 +30,7 @@ class Assignment:
 
 
 def _rows(x: np.ndarray, cosine: bool) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) if cosine else x
+    return unit_rows(x) if cosine else x
 
 
 class TrainedRun:
@@ -153,7 +154,7 @@ class TrainedRun:
         from clustkit.engine.run import evaluate
 
         recipe_pred, _ = evaluate(self.ctx)
-        return choose(self.ctx, recipe_pred, sample_features(self.ctx), features, every_space=True)
+        return choose(self.ctx, recipe_pred, sample_features(self.ctx), features)
 
     def evaluate(self, probes: bool = True) -> dict[str, Any]:
         """Metrics (where the dataset has labels), label-free diagnostics and selection score of
