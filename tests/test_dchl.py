@@ -237,7 +237,7 @@ def test_recipe_build_shares_the_trunk_and_rejects_big_kf(plugin_set):
     assert {"losses.instance", "losses.cluster", "losses.group"} <= set(ctx.components)
     zero = load(REPO / "recipes" / "dchl.toml", ps.registry, ["backbone.width=8", "losses.group.weight=0"])
     assert "losses.group" not in Run(zero, ps, None).build().components
-    big = load(REPO / "recipes" / "dchl.toml", ps.registry, ["losses.group.groups=128"])
+    big = load(REPO / "recipes" / "dchl.toml", ps.registry, ["losses.group.allow_degenerate=false"])
     with pytest.raises(RecipeError, match="losses.group.groups.*run.batch_size is 128"):
         Run(big, ps, None).build()
 
@@ -245,7 +245,8 @@ def test_recipe_build_shares_the_trunk_and_rejects_big_kf(plugin_set):
 def test_tiny_dchl_run_end_to_end(plugin_set, tmp_path: Path):
     summary = run_recipe(REPO / "recipes" / "dchl.toml", plugin_set(), tmp_path / "run", [
         "run.epochs=1", "run.batch_size=128", "run.eval_every=0", "backbone.width=8", "backbone.out_dim=32",
-        "heads.instance.hidden=[32]", "heads.cluster.hidden=32", "heads.fine.hidden=32", "losses.group.groups=8"])
+        "heads.instance.hidden=[32]", "heads.cluster.hidden=32", "heads.fine.hidden=32", "losses.group.groups=8",
+        "losses.group.allow_degenerate=false"])
     assert summary["epochs"] == 1 and 0 <= summary["acc"] <= 1
     history = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert "group_self" in history and "group_cross" in history

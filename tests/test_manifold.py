@@ -56,6 +56,24 @@ def test_items_outside_the_sample_take_their_neighbours_majority() -> None:
         assert got[i] == next(v for v in votes if votes.count(v) == best) and share[i] == best / 5
 
 
+def test_the_consensus_run_is_the_one_that_agrees_most_with_the_others() -> None:
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    from clustkit_manifold.evaluator import consensus_run
+
+    rng = np.random.default_rng(0)
+    good = rng.integers(0, 4, 200)
+    merged = np.where(good == 3, 2, good)  # an unlucky layout: two clusters merged
+    noisy = good.copy()
+    noisy[:20] = rng.integers(0, 4, 20)
+    for runs in ([merged, (good + 1) % 4, noisy], [good, merged, noisy], [good, good]):
+        got, score = consensus_run(runs)
+        means = [np.mean([nmi(a, b) for j, b in enumerate(runs) if j != i]) for i, a in enumerate(runs)]
+        assert got == int(np.argmax(means)) and score == pytest.approx(means[got], abs=1e-6)
+    assert consensus_run([merged, (good + 1) % 4, noisy])[0] == 1  # the relabelled good run, not the merge
+    assert consensus_run([good]) == (0, None)
+
+
 @pytest.mark.slow
 def test_a_run_with_the_umap_evaluation(tmp_path: Path) -> None:
     import clustkit
@@ -65,12 +83,13 @@ def test_a_run_with_the_umap_evaluation(tmp_path: Path) -> None:
     recipe.write_text(TINY_CC)
     out = tmp_path / "run"
     run_recipe(recipe, get_plugins(), out, overrides=[
-        "run.plugins=['manifold']", 'evaluation={name="umap", n_neighbors=10, n_init=2, fit_on=1200}',
+        "run.plugins=['manifold']", 'evaluation={name="umap", n_neighbors=10, n_init=2, fit_on=1200, n_runs=2}',
         'run.select="recipe"'])
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["candidates"]
     assert summary["selection"] == {**summary["selection"], "criterion": "recipe", "chosen": "umap:backbone"}
     assert rows["umap:backbone"]["recipe"] and rows["umap:backbone"]["space"] == "backbone"
+    assert summary["umap_runs"] == 2 and summary["umap_chosen_run"] in (0, 1) and 0 < summary["umap_agreement"] <= 1
     assert {"argmax:cluster", "kmeans:backbone"} <= set(rows)  # "recipe" still lists the other candidates
     assert summary["acc"] == rows["umap:backbone"]["acc"] and summary["assign"]["rule"] == "cosine_centroid"
     clusters = np.loadtxt(out / "assignments.csv", delimiter=",", skiprows=1, dtype=np.int64)[:, 1]

@@ -31,6 +31,9 @@ class UMAPEvalConfig(ComponentConfig):
         "cosine", description="distance between features; contrastive features are compared by angle")
     cluster: Literal["gmm", "kmeans"] = Field("gmm", description="how the embedding is clustered (N2D: gmm)")
     n_init: int = Field(5, ge=1, description="restarts of the GMM / k-means; the best likelihood / inertia is kept")
+    n_runs: int = Field(3, ge=1, description="UMAP embeddings (seeds seed, seed + 1, ...), each clustered; the output "
+                                             "is the one that agrees best (mean NMI) with the others: one unlucky "
+                                             "layout that merges two classes is outvoted")
     fit_on: int | None = Field(
         None, ge=100, description="embed and cluster this many random items; every other item takes the majority "
                                   "cluster of its extend_k nearest of them (None: all items; UMAP's time grows "

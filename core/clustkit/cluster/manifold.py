@@ -18,10 +18,10 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 def embed(x: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, metric: str, seed: int) -> np.ndarray:
     """UMAP embedding of the rows of ``x`` (float32), seeded: umap-learn then runs its layout on
-    one thread. Known limit: in a fresh process the embedding is the same every time, but once
-    torch is imported a second call in the same process was seen to give a different layout (on
-    USPS features; the exact-kNN graph and the initialisation are identical), so a re-evaluation
-    can differ from the run's own (docs/plugins/manifold.md).
+    one thread, and the same input gives the same embedding. The layout is a stochastic
+    optimisation, though: another seed, or features that differ in their last bits, can give a
+    different layout, now and then one that merges two classes; the ``manifold`` plugin therefore
+    keeps the consensus of a few seeds (docs/plugins/manifold.md).
 
     The neighbour graph UMAP starts from is exact (``clustkit.cluster.neighbors.knn``, FAISS) and
     handed to umap-learn: on USPS's 9,298 features that takes 34 s in all instead of 105 s with
