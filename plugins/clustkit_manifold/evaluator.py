@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from clustkit import BuildContext, Prediction, RunContext, hookimpl
-from clustkit.cluster.manifold import embed, extend_by_neighbors, unit_rows
+from clustkit.cluster.manifold import embed, extend_by_neighbors, neighbor_graph
+from clustkit.cluster.rows import cluster_means, unit_rows
 from clustkit.cluster.selection import agreement_scores
 
 
@@ -60,18 +61,16 @@ class UMAPEvaluator:
         n = len(x)
         rows = np.arange(n) if cfg.fit_on is None or cfg.fit_on >= n else np.sort(
             np.random.default_rng(ctx.seed).choice(n, cfg.fit_on, replace=False))
-        runs = [cluster_embedding(embed(x[rows], dims, cfg.n_neighbors, cfg.min_dist, cfg.metric, ctx.seed + r),
+        graph = neighbor_graph(x[rows], cfg.n_neighbors, cfg.metric)  # one exact kNN search for every layout
+        runs = [cluster_embedding(embed(x[rows], dims, cfg.n_neighbors, cfg.min_dist, cfg.metric, ctx.seed + r, graph),
                                   k, cfg.cluster, cfg.n_init, ctx.seed) for r in range(cfg.n_runs)]
         chosen, agreement = consensus_run([run[0] for run in runs])
         fitted, fitted_conf, fit = runs[chosen]
         labels, conf = fitted, fitted_conf
         if len(rows) < n:  # the others: the majority cluster of their nearest fitted items
             labels, conf = extend_by_neighbors(x, rows, fitted, cfg.extend_k, k, cfg.metric)
-            conf[rows] = fitted_conf  # the others: the share of their neighbours that voted so
-        space_x = unit_rows(x) if cfg.metric == "cosine" else x
-        cent = np.full((k, x.shape[1]), np.inf, dtype=np.float32)
-        for c in np.unique(labels):
-            cent[c] = space_x[labels == c].mean(0)
+            conf[rows] = fitted_conf  # the embedded items keep their GMM confidence; the others: their vote share
+        cent = cluster_means(unit_rows(x) if cfg.metric == "cosine" else x, labels, k)
         return Prediction(labels, source=f"umap:{cfg.features}", scores=conf, space=cfg.features,
                           rule="cosine_centroid" if cfg.metric == "cosine" else "centroid", momentum=cfg.momentum,
                           centroids=cent, extra={"umap_dims": dims, f"{cfg.cluster}_fit": fit, "umap_runs": cfg.n_runs,

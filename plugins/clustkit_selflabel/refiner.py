@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from clustkit import BuildContext, Prediction, RunContext, dist, hookimpl
+from clustkit.cluster.rows import unit_rows
 from clustkit.nn.heads import MLPHead
 
 
@@ -55,7 +56,7 @@ def top_per_cluster(probs: np.ndarray, per_cluster: int, threshold: float,
 def centroid_confidence(features: np.ndarray, clusters: np.ndarray, n_clusters: int) -> np.ndarray:
     """Cosine similarity of each item to the mean (L2-normalised) feature of its cluster: the
     confidence of a clustering that has no probabilities (k-means, a second stage)."""
-    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    x = unit_rows(features)
     out = np.full(len(x), -np.inf)
     for k in range(n_clusters):
         members = clusters == k

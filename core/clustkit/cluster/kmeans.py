@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clustkit.cluster.rows import unit_rows
+
 if TYPE_CHECKING:
     import torch
 
@@ -143,8 +145,7 @@ def kmeans(
 
 
 def _normalize_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+    return np.ascontiguousarray(unit_rows(x), dtype=np.float32)
 
 
 def _exact_inertia_np(

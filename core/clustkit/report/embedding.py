@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from clustkit.cluster.manifold import embed
+from clustkit.cluster.rows import unit_rows
 
 __all__ = ["MIN_POINTS", "embed_2d"]
 
@@ -20,7 +21,7 @@ TSNE_ITERATIONS = 500
 def _prepare(features: np.ndarray) -> np.ndarray:
     x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
     x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_rows(x)
 
 
 def embed_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:

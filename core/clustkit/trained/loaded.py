@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from clustkit.cluster.manifold import unit_rows
+from clustkit.cluster.rows import cluster_means, unit_rows
 from clustkit.engine.run_folder import ASSIGNMENTS, CHECKPOINT, RECIPE, SUMMARY
 from clustkit.errors import UserError
 
@@ -96,13 +96,7 @@ class TrainedRun:
                                 "on its own dataset: drop the [data] overrides, or pass image files instead.")
             clusters = self.run_clusters()
             feats = _rows(self.features(self.space, momentum=self.momentum), self.rule == "cosine_centroid")
-            k = int(self.ctx.n_clusters)
-            cent = np.full((k, feats.shape[1]), np.inf, dtype=np.float32)
-            for c in range(k):
-                members = feats[clusters == c]
-                if len(members):
-                    cent[c] = members.mean(0)
-            self._centroids = cent
+            self._centroids = cluster_means(feats, clusters, int(self.ctx.n_clusters))
         return self._centroids
 
     def assign(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
