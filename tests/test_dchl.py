@@ -114,6 +114,23 @@ def test_kmeans_with_more_groups_than_samples_makes_singletons():
     assert torch.allclose(cents[:5], g) and torch.equal(cents[5:], torch.zeros(3, 4, dtype=D))
 
 
+def test_kmeans_with_duplicate_rows_and_more_groups_than_samples_matches_naive_reference():
+    g = unit(6, 3, 8)
+    g[4] = g[1]  # an exact duplicate: not every row is its own group, so the Lloyd steps must run
+    labels, cents = C.batch_kmeans(g, 9, iters=5)
+    ref_labels, ref_cents = naive_kmeans(g.tolist(), 9, 5)
+    assert labels.tolist() == ref_labels == [0, 1, 2, 3, 1, 5]
+    assert torch.allclose(cents, torch.tensor(ref_cents, dtype=D), atol=1e-12)
+
+
+def test_kmeans_singleton_groups_pass_gradients_straight_through():
+    g = unit(7, 3, 9).requires_grad_(True)
+    w = torch.randn(10, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, cents = C.batch_kmeans(g, 10, 5)
+    (cents * w).sum().backward()
+    assert torch.equal(g.grad, w[:7])  # each centroid is its one member
+
+
 def test_kmeans_centroids_carry_gradients():
     g = unit(14, 3, 5).requires_grad_(True)
     w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

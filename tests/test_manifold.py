@@ -74,6 +74,35 @@ def test_the_consensus_run_is_the_one_that_agrees_most_with_the_others() -> None
     assert consensus_run([good]) == (0, None)
 
 
+@pytest.mark.parametrize("fit_on", [None, 150])
+def test_each_run_of_a_sampled_evaluation_embeds_its_own_sample(monkeypatch, fit_on) -> None:
+    import torch
+    from types import SimpleNamespace
+
+    import clustkit_manifold.evaluator as E
+    from clustkit_manifold import UMAPEvalConfig
+
+    x, _ = _circles(400)
+    seen: list[tuple[np.ndarray, int]] = []
+
+    def fake_embed(rows, dims, n_neighbors, min_dist, metric, seed, graph=None):
+        seen.append((rows.copy(), seed))
+        return rows[:, :dims].astype(np.float64)
+
+    monkeypatch.setattr(E, "embed", fake_embed)
+    cfg = UMAPEvalConfig(name="umap", n_runs=3, fit_on=fit_on, n_init=1, n_components=2, cluster="kmeans")
+    ctx = SimpleNamespace(extract=lambda head, momentum: torch.from_numpy(x.astype(np.float32)), n_clusters=2, seed=7)
+    pred = E.UMAPEvaluator(cfg, None).evaluate(ctx)
+    assert [seed for _, seed in seen] == [7, 8, 9] and pred.labels.shape == (400,)
+    samples = [{tuple(r) for r in rows.round(6).tolist()} for rows, _ in seen]
+    if fit_on is None:  # every layout embeds all the items
+        assert all(len(s) == 400 for s in samples) and samples[0] == samples[1] == samples[2]
+    else:  # each run its own draw of 150 (seed 7, 8, 9): a bad sample is outvoted, not repeated
+        assert all(len(s) == 150 for s in samples) and len({frozenset(s) for s in samples}) == 3
+        first = np.sort(np.random.default_rng(7).choice(400, 150, replace=False))
+        assert samples[0] == {tuple(r) for r in x[first].astype(np.float32).round(6).tolist()}
+
+
 @pytest.mark.slow
 def test_a_run_with_the_umap_evaluation(tmp_path: Path) -> None:
     import clustkit

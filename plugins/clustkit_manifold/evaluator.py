@@ -44,12 +44,33 @@ def consensus_run(labelings: list[np.ndarray]) -> tuple[int, float | None]:
 class UMAPEvaluator:
     """Cluster the UMAP embedding of a feature space (N2D), of all items or of ``fit_on`` of them
     (the others then take the majority cluster of their nearest embedded items); with ``n_runs``
-    > 1, embed and cluster that many times (seeds seed, seed + 1, ...) and keep the consensus run. New images are placed by the nearest
-    cluster mean in the feature space itself (UMAP's own embedding of an unseen image would need
-    the whole fitted graph in the checkpoint)."""
+    > 1, embed and cluster that many times (seeds seed, seed + 1, ...) and keep the consensus run.
+    With ``fit_on``, each run embeds its own random sample (drawn with its own seed): which items
+    are embedded changes the layout as much as UMAP's seed does (on MNIST one or two 20,000-item
+    samples in four merged part of two classes at 15 neighbours), and one shared sample would put that
+    failure in every run. New images are placed by the nearest cluster mean in the feature space
+    itself (UMAP's own embedding of an unseen image would need the whole fitted graph in the
+    checkpoint)."""
 
     def __init__(self, cfg: Any, ctx: BuildContext):
         self.cfg = cfg
+
+    def one_run(self, x: np.ndarray, k: int, dims: int, layout_seed: int, sample_seed: int, graph: Any = None
+                ) -> tuple[np.ndarray, np.ndarray, float]:
+        """(labels, confidence, fit score) of every item from one UMAP layout (``layout_seed``) of
+        all items, or of the ``fit_on`` sample drawn with ``sample_seed``, which also seeds the GMM.
+        ``graph``: the neighbour graph of all items, shared by their layouts."""
+        cfg, n = self.cfg, len(x)
+        if cfg.fit_on is None or cfg.fit_on >= n:
+            return cluster_embedding(embed(x, dims, cfg.n_neighbors, cfg.min_dist, cfg.metric, layout_seed, graph),
+                                     k, cfg.cluster, cfg.n_init, sample_seed)
+        rows = np.sort(np.random.default_rng(sample_seed).choice(n, cfg.fit_on, replace=False))
+        fitted, fitted_conf, fit = cluster_embedding(
+            embed(x[rows], dims, cfg.n_neighbors, cfg.min_dist, cfg.metric, layout_seed), k, cfg.cluster, cfg.n_init,
+            sample_seed)
+        labels, conf = extend_by_neighbors(x, rows, fitted, cfg.extend_k, k, cfg.metric)  # the others: a vote
+        conf[rows] = fitted_conf  # the embedded items keep their GMM confidence; the others: their vote share
+        return labels, conf, fit
 
     @hookimpl
     def evaluate(self, ctx: RunContext) -> Prediction:
@@ -58,18 +79,13 @@ class UMAPEvaluator:
         x = ctx.extract(head, momentum=cfg.momentum).numpy().astype(np.float32)
         k = int(ctx.n_clusters)
         dims = k if cfg.n_components == "n_clusters" else int(cfg.n_components)
-        n = len(x)
-        rows = np.arange(n) if cfg.fit_on is None or cfg.fit_on >= n else np.sort(
-            np.random.default_rng(ctx.seed).choice(n, cfg.fit_on, replace=False))
-        graph = neighbor_graph(x[rows], cfg.n_neighbors, cfg.metric)  # one exact kNN search for every layout
-        runs = [cluster_embedding(embed(x[rows], dims, cfg.n_neighbors, cfg.min_dist, cfg.metric, ctx.seed + r, graph),
-                                  k, cfg.cluster, cfg.n_init, ctx.seed) for r in range(cfg.n_runs)]
+        whole = cfg.fit_on is None or cfg.fit_on >= len(x)
+        graph = neighbor_graph(x, cfg.n_neighbors, cfg.metric) if whole else None  # one exact kNN search for all
+        # the layouts of all items share one graph; a sampled run draws its own items (and builds its own graph)
+        runs = [self.one_run(x, k, dims, ctx.seed + r, ctx.seed if whole else ctx.seed + r, graph)
+                for r in range(cfg.n_runs)]
         chosen, agreement = consensus_run([run[0] for run in runs])
-        fitted, fitted_conf, fit = runs[chosen]
-        labels, conf = fitted, fitted_conf
-        if len(rows) < n:  # the others: the majority cluster of their nearest fitted items
-            labels, conf = extend_by_neighbors(x, rows, fitted, cfg.extend_k, k, cfg.metric)
-            conf[rows] = fitted_conf  # the embedded items keep their GMM confidence; the others: their vote share
+        labels, conf, fit = runs[chosen]
         cent = cluster_means(unit_rows(x) if cfg.metric == "cosine" else x, labels, k)
         return Prediction(labels, source=f"umap:{cfg.features}", scores=conf, space=cfg.features,
                           rule="cosine_centroid" if cfg.metric == "cosine" else "centroid", momentum=cfg.momentum,
