@@ -55,19 +55,18 @@ class UMAPEvaluator:
     def __init__(self, cfg: Any, ctx: BuildContext):
         self.cfg = cfg
 
-    def one_run(self, x: np.ndarray, k: int, dims: int, layout_seed: int, sample_seed: int, graph: Any = None
-                ) -> tuple[np.ndarray, np.ndarray, float]:
+    def one_run(self, x: np.ndarray, rows: np.ndarray | None, k: int, dims: int, layout_seed: int, gmm_seed: int,
+                graph: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
         """(labels, confidence, fit score) of every item from one UMAP layout (``layout_seed``) of
-        all items, or of the ``fit_on`` sample drawn with ``sample_seed``, which also seeds the GMM.
-        ``graph``: the neighbour graph of all items, shared by their layouts."""
-        cfg, n = self.cfg, len(x)
-        if cfg.fit_on is None or cfg.fit_on >= n:
+        all items (``rows`` None; ``graph``: their neighbour graph, shared by their layouts) or of
+        the items ``rows``, whose clusters the others then take by a vote of their neighbours."""
+        cfg = self.cfg
+        if rows is None:
             return cluster_embedding(embed(x, dims, cfg.n_neighbors, cfg.min_dist, cfg.metric, layout_seed, graph),
-                                     k, cfg.cluster, cfg.n_init, sample_seed)
-        rows = np.sort(np.random.default_rng(sample_seed).choice(n, cfg.fit_on, replace=False))
+                                     k, cfg.cluster, cfg.n_init, gmm_seed)
         fitted, fitted_conf, fit = cluster_embedding(
             embed(x[rows], dims, cfg.n_neighbors, cfg.min_dist, cfg.metric, layout_seed), k, cfg.cluster, cfg.n_init,
-            sample_seed)
+            gmm_seed)
         labels, conf = extend_by_neighbors(x, rows, fitted, cfg.extend_k, k, cfg.metric)  # the others: a vote
         conf[rows] = fitted_conf  # the embedded items keep their GMM confidence; the others: their vote share
         return labels, conf, fit
@@ -79,11 +78,13 @@ class UMAPEvaluator:
         x = ctx.extract(head, momentum=cfg.momentum).numpy().astype(np.float32)
         k = int(ctx.n_clusters)
         dims = k if cfg.n_components == "n_clusters" else int(cfg.n_components)
-        whole = cfg.fit_on is None or cfg.fit_on >= len(x)
-        graph = neighbor_graph(x, cfg.n_neighbors, cfg.metric) if whole else None  # one exact kNN search for all
-        # the layouts of all items share one graph; a sampled run draws its own items (and builds its own graph)
-        runs = [self.one_run(x, k, dims, ctx.seed + r, ctx.seed if whole else ctx.seed + r, graph)
-                for r in range(cfg.n_runs)]
+        n = len(x)
+        if cfg.fit_on is None or cfg.fit_on >= n:  # every layout of all items, from one exact kNN graph
+            graph = neighbor_graph(x, cfg.n_neighbors, cfg.metric)
+            runs = [self.one_run(x, None, k, dims, ctx.seed + r, ctx.seed, graph) for r in range(cfg.n_runs)]
+        else:  # each run its own sample (seed + r), embedded with its own graph
+            runs = [self.one_run(x, np.sort(np.random.default_rng(ctx.seed + r).choice(n, cfg.fit_on, replace=False)),
+                                 k, dims, ctx.seed + r, ctx.seed + r) for r in range(cfg.n_runs)]
         chosen, agreement = consensus_run([run[0] for run in runs])
         labels, conf, fit = runs[chosen]
         cent = cluster_means(unit_rows(x) if cfg.metric == "cosine" else x, labels, k)
