@@ -37,9 +37,10 @@ def gaussian_mixture(n: int, dim: int, k: int, seed: int) -> np.ndarray:
     return x
 
 
-def run_clustkit(backend: str) -> Runner:
+def run_clustkit(backend: str, device: str | None = None) -> Runner:
     def run(x: np.ndarray, k: int, max_iter: int, seed: int) -> tuple[float, int]:
-        res = kmeans(x, k, backend=backend, n_init=1, max_iter=max_iter, seed=seed)
+        res = kmeans(x, k, backend=backend, n_init=1, max_iter=max_iter, seed=seed,
+                     device=device if backend == "torch" else None)
         return res.inertia, res.n_iter
 
     return run
@@ -55,11 +56,11 @@ def run_sklearn(x: np.ndarray, k: int, max_iter: int, seed: int) -> tuple[float,
 LABELS = {"faiss": "clustkit faiss", "torch": "clustkit torch", "sklearn": "sklearn KMeans"}
 
 
-def methods() -> dict[str, Runner]:
+def methods(device: str | None = None) -> dict[str, Runner]:
     out: dict[str, Runner] = {}
     if faiss_available():
         out["faiss"] = run_clustkit("faiss")
-    out["torch"] = run_clustkit("torch")
+    out["torch"] = run_clustkit("torch", device)
     out["sklearn"] = run_sklearn
     return out
 
@@ -132,11 +133,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=300.0, help="skip a run predicted to exceed this")
     ap.add_argument("--methods", default="faiss,torch,sklearn", help="subset of faiss,torch,sklearn")
+    ap.add_argument("--device", default=None, help="the torch backend's device (default: CPU), e.g. cuda")
     ap.add_argument("--out", help="write results as JSON here")
     args = ap.parse_args()
 
     wanted = args.methods.split(",")
-    runners = {name: run for name, run in methods().items() if name in wanted}
+    runners = {name: run for name, run in methods(args.device).items() if name in wanted}
     warm = gaussian_mixture(2000, args.dim, args.k, seed=1)
     for run in runners.values():  # exclude one-off library start-up from the timings
         run(warm, args.k, 2, args.seed)

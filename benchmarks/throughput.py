@@ -1,22 +1,26 @@
 """Training throughput (images/s) and peak memory of one training step, per method and batch size.
 
-For every method recipe present in recipes/ (cc, sacc, dchl, digpro, iciclegcn), the run is
-built with ``build_run(recipe, plugins, None)`` and the engine's own ``train_step`` is timed on
-batches from the engine's ``BatchSource`` with every loss of the recipe (the batch fetch is
-included, exactly as in the training loop; per-epoch hooks such as E-steps and evaluation are not). The backbone is fixed
-per input kind so that methods differ only by their heads, views and losses:
+Each method's run is built with ``build_run(recipe, plugins, None)`` and the engine's own
+``train_step`` is timed on batches from the engine's ``BatchSource`` with every loss of the recipe
+(the batch fetch is included, exactly as in the training loop; per-epoch hooks such as E-steps and
+evaluation are not). The backbone is fixed per input so that methods differ only by their heads,
+views and losses:
 
-* ``digits``: scikit-learn's digits (8×8 grey, 1,797 images), ``small_cnn`` width 64, out 256;
-* ``rgb32``: fabricated 32×32 RGB images (a dataset registered by this script; contents do not
-  change the cost of a step), ``resnet`` depth 18 with the CIFAR stem.
+* ``digits``: scikit-learn's digits (8×8 grey, 1,797 images), each method's digits recipe
+  (``recipes/<method>.toml``, batched ``TensorAffine`` views), ``small_cnn`` width 64, out 256;
+* ``cifar10``: CIFAR-10 JPEG (60,000 32×32 RGB images from ``$CLUSTKIT_SHARED_DATA/cifar-10-jpg``)
+  with each method's own CIFAR views at 32 px (``CIFAR_RECIPES``: CC's weak views for CC, DCHL and
+  IcicleGCN, SACC's weak + strong views, DigPro's SimCLR views), ``resnet`` depth 18, CIFAR stem;
+* ``cifar10_small``: the same with the CPU-budget ``small_cnn`` (width 32, out 256), where the
+  views are a large share of the step.
 
 images/s counts dataset images per second (each image yields the method's 2–3 views). Peak
 memory is the process's peak RSS during the timed steps on CPU (reset before them through
 /proc/self/clear_refs; the figure includes the Python interpreter and libraries), and
 ``torch.cuda.max_memory_allocated`` on a GPU.
 
-    python benchmarks/throughput.py --batch-sizes 64,128,256 --inputs digits,rgb32 --out throughput.json
-    python benchmarks/throughput.py --device cuda --precision bf16 --channels-last
+    python benchmarks/throughput.py --batch-sizes 64,128,256 --inputs digits,cifar10 --out throughput.json
+    python benchmarks/throughput.py --device cuda --precision bf16 --channels-last --compile
 """
 
 from __future__ import annotations
@@ -35,42 +39,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pydantic import Field
-
-from clustkit import ComponentConfig, Registry, hookimpl
-
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["cc", "sacc", "dchl", "digpro", "iciclegcn"]
+# each method's paper-setting CIFAR recipe (DigPro: its 32-pixel Tiny-ImageNet one), for its views
+CIFAR_RECIPES = {"cc": "cifar10/cc.toml", "sacc": "cifar10/sacc.toml", "dchl": "cifar10/dchl.toml",
+                 "iciclegcn": "cifar10/iciclegcn.toml", "digpro": "tiny_imagenet/digpro.toml"}
+CIFAR = ['data={name="cifar10", root="${CLUSTKIT_SHARED_DATA}/cifar-10-jpg"}', "views.size=32"]
 INPUTS: dict[str, list[str]] = {
     "digits": ['backbone={name="small_cnn", width=64, out_dim=256}'],
-    "rgb32": ['data={name="bench_synthetic", channels=3, size=32, n=1024, classes=10}',
-              'backbone={name="resnet", depth=18, stem="cifar"}'],
+    "cifar10": [*CIFAR, 'backbone={name="resnet", depth=18, stem="cifar"}'],
+    "cifar10_small": [*CIFAR, 'backbone={name="small_cnn", width=32, out_dim=256}'],
 }
 
 
-class SyntheticConfig(ComponentConfig):
-    channels: int = Field(3, ge=1, le=3)
-    size: int = Field(32, ge=4)
-    n: int = Field(1024, ge=2)
-    classes: int = Field(10, ge=2)
-    seed: int = 0
+def comma_list(ap: argparse.ArgumentParser, text: str, allowed: Any, what: str) -> list[str]:
+    """The comma-separated items of an option, each checked against ``allowed`` (an argparse error if not)."""
+    items = [item for item in text.split(",") if item]
+    if unknown := [item for item in items if item not in allowed]:
+        ap.error(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    return items
 
 
-def build_synthetic(cfg: SyntheticConfig, ctx: Any) -> Any:
-    from clustkit.data.base import InMemoryDataset
-
-    rng = np.random.default_rng(cfg.seed)
-    images = rng.integers(0, 256, size=(cfg.n, cfg.channels, cfg.size, cfg.size), dtype=np.uint8)
-    labels = rng.integers(0, cfg.classes, size=cfg.n)
-    return InMemoryDataset(images, labels, name="bench_synthetic", class_names=[str(i) for i in range(cfg.classes)])
-
-
-class SyntheticPlugin:
-    @hookimpl
-    def register_components(self, registry: Registry) -> None:
-        registry.add("dataset", "bench_synthetic", build_synthetic, SyntheticConfig,
-                     doc="uniform-noise images of a given shape (throughput benchmark)")
+def recipe_path(method: str, kind: str) -> Path:
+    return REPO / "recipes" / (f"{method}.toml" if kind == "digits" else CIFAR_RECIPES[method])
 
 
 def _trim() -> None:
@@ -102,29 +93,36 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
-def _fit_groups(method: str, batch: int) -> list[str]:
+def _fit_groups(path: Path, batch: int) -> list[str]:
     """DCHL refuses in-batch groups >= batch size; halve them for batches that small."""
     import tomllib
 
-    with open(REPO / "recipes" / f"{method}.toml", "rb") as fh:
+    with open(path, "rb") as fh:
         groups = tomllib.load(fh).get("losses", {}).get("group", {}).get("groups")
     if isinstance(groups, int) and groups >= batch:
         return [f"losses.group.groups={max(2, batch // 2)}"]
     return []
 
 
-def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
+def time_steps(path: Path, overrides: list[str], batch: int, args: argparse.Namespace, plugins: Any,
+               ready_views: bool = False) -> dict[str, Any]:
+    """Build the run of recipe ``path`` (with ``overrides``) and time ``args.steps`` of the engine's
+    training steps after ``args.warmup`` untimed ones.
+
+    ``ready_views`` measures the model-only ceiling: one batch is fetched and its views made once,
+    before timing, and every timed step reuses them, so a step is the same model, heads, losses
+    and optimizer with no data fetch and no augmentation."""
     import torch
 
     from clustkit.engine.build import build_run, loss_callers
     from clustkit.engine.step import train_step
     from clustkit.recipe import load
 
-    fitted = _fit_groups(method, batch)
-    overrides = [*INPUTS[kind], f"run.batch_size={batch}", f"run.device={args.device}",
+    overrides = [*overrides, f"run.batch_size={batch}", f"run.device={args.device}",
                  f"run.precision={args.precision}", f"run.channels_last={'true' if args.channels_last else 'false'}",
-                 "run.eval_every=0", "run.num_workers=0", *fitted]
-    recipe = load(REPO / "recipes" / f"{method}.toml", plugins.registry, overrides, installed_plugins=list(plugins.info))
+                 *(["run.compile=true"] if getattr(args, "compile", False) else []),
+                 "run.eval_every=0", "run.num_workers=0"]
+    recipe = load(path, plugins.registry, overrides, installed_plugins=list(plugins.info))
     with contextlib.redirect_stderr(io.StringIO()):
         ctx = build_run(recipe, plugins, None)
         ctx.hook.on_run_start(ctx=ctx)
@@ -140,9 +138,14 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
             epoch += 1
 
     it = batches(ctx.source)
+    first = next(it)
+    n_views = len(ctx.hook.make_views(images=first[0][:2], train=True, ctx=ctx) or {})
+    if ready_views:
+        made = ctx.hook.make_views(images=first[0], train=True, ctx=ctx)
+        ctx.hook.make_views = lambda **_: made        # the benchmark's own process: no one else calls it
+        it = iter(lambda: first, None)
     for _ in range(args.warmup):
-        x, _, _ = batch = next(it)
-        train_step(ctx, batch, losses)
+        train_step(ctx, next(it), losses)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -151,8 +154,7 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        x, _, _ = batch = next(it)
-        train_step(ctx, batch, losses)
+        train_step(ctx, next(it), losses)
         if cuda and args.sync_each_step:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -162,19 +164,27 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
     if cuda and not args.sync_each_step:  # per-step times are not meaningful without a sync: spread the total
         times = [total / len(times)] * len(times)
     row = {
-        "method": method, "input": kind, "backbone": recipe.backbone.name + (
-            f"{recipe.backbone.depth}-{recipe.backbone.stem}" if kind == "rgb32" else f"-w{recipe.backbone.width}"),
-        "image": f"{ctx.in_channels}x{ctx.image_size[0]}x{ctx.image_size[1]}", "batch": batch,
-        "views": len(ctx.hook.make_views(images=x[:2], train=True, ctx=ctx) or {}),
+        "backbone": recipe.backbone.name + (
+            f"{recipe.backbone.depth}-{recipe.backbone.stem}" if recipe.backbone.name == "resnet"
+            else f"-w{recipe.backbone.width}"),
+        "image": f"{ctx.in_channels}x{ctx.image_size[0]}x{ctx.image_size[1]}", "batch": batch, "views": n_views,
         "steps": args.steps, "step_ms": 1000 * statistics.median(times), "step_ms_mean": 1000 * total / len(times),
         "images_per_s": batch * len(times) / total, "device": str(ctx.device), "precision": args.precision,
-        "channels_last": args.channels_last, "overrides": fitted,
+        "channels_last": args.channels_last, "compile": bool(getattr(args, "compile", False)),
         "peak_rss_mb": _status_mb("VmHWM") if reset else None, "rss_before_mb": rss_before,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
     del ctx, losses, it
     _trim()
     return row
+
+
+def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
+    """One row of the table: ``method``'s recipe for input ``kind`` at ``batch``."""
+    path = recipe_path(method, kind)
+    fitted = _fit_groups(path, batch)
+    row = time_steps(path, [*INPUTS[kind], *fitted], batch, args, plugins)
+    return {"method": method, "input": kind, **row, "overrides": fitted}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -195,11 +205,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", default=",".join(METHODS), help="subset of " + ",".join(METHODS))
-    ap.add_argument("--inputs", default="digits,rgb32", help="digits and/or rgb32")
+    ap.add_argument("--inputs", default="digits,cifar10", help="digits, cifar10 and/or cifar10_small")
     ap.add_argument("--batch-sizes", default="64,128,256")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the backbone (run.compile)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
@@ -214,16 +225,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     plugins = get_plugins()
-    plugins.register(SyntheticPlugin(), name="bench_synthetic")
-    methods = [m for m in args.methods.split(",") if m]
-    missing = [m for m in methods if not (REPO / "recipes" / f"{m}.toml").exists()]
-    methods = [m for m in methods if m not in missing]
-    if missing:
-        print(f"skipping methods without a recipe: {', '.join(missing)}", file=sys.stderr)
+    methods = comma_list(ap, args.methods, METHODS, "methods")
+    kinds = comma_list(ap, args.inputs, INPUTS, "inputs")
+    if any(k.startswith("cifar10") for k in kinds) and not os.environ.get("CLUSTKIT_SHARED_DATA"):
+        ap.error("the cifar10 inputs read $CLUSTKIT_SHARED_DATA/cifar-10-jpg: set CLUSTKIT_SHARED_DATA")
     rows: list[dict[str, Any]] = []
-    for kind in [k for k in args.inputs.split(",") if k]:
-        if kind not in INPUTS:
-            ap.error(f"unknown input {kind!r}; choose from {', '.join(INPUTS)}")
+    for kind in kinds:
         for method in methods:
             for batch in [int(b) for b in args.batch_sizes.split(",") if b]:
                 try:

@@ -34,7 +34,7 @@ TRAIN_PY_CLUSTER_PAIRS: list[Pair] = [("weak1", "weak2"), ("weak1", "strong"), (
 
 class SACCViewsConfig(ComponentConfig):
     weak: Literal["cc_weak", "tensor_affine"] = Field(
-        "cc_weak", description="weak views: CC's per-image pipeline (paper) or core's batched TensorAffine (tiny images)")
+        "cc_weak", description="weak views: CC's SimCLR-style pipeline (paper) or core's TensorAffine (tiny images)")
     strong_base: Literal["sacc", "tensor_affine"] | None = Field(
         None, description="geometry/colour before RandAugment: SACC's crop+jitter+grey+blur+flip, or TensorAffine; "
                           "default: 'sacc' with weak='cc_weak', 'tensor_affine' with weak='tensor_affine'")

@@ -1,50 +1,50 @@
-"""SACC's RandAugment (FixMatch op pool, docs/methods/sacc.md) on batches, with torchvision v2 ops.
+"""SACC's RandAugment (FixMatch op pool, docs/methods/sacc.md) on batches, with kornia's ops.
 
 For every image: ``n_ops`` ops drawn with replacement from the pool, each with an integer
 magnitude v ~ randint(1, max_magnitude) (SACC: 1..9) and applied with probability ``p``.
 Parameters follow the FixMatch table SACC uses (continuous = v * max / 10 + bias):
 
 =============  =========================================  ==============================
-op             parameter                                  torchvision v2 functional op
+op             parameter                                  batched op (per-image values)
 =============  =========================================  ==============================
-AutoContrast   -                                          ``autocontrast``
-Brightness     factor 0.9 v/10 + 0.05                     ``adjust_brightness``
-Color          factor 0.9 v/10 + 0.05                     ``adjust_saturation`` (RGB only)
-Contrast       factor 0.9 v/10 + 0.05                     ``adjust_contrast``
-Equalize       -                                          ``equalize``
+AutoContrast   -                                          ``kornia.enhance.normalize_min_max``
+Brightness     factor 0.9 v/10 + 0.05                     ``adjust_brightness_accumulative``
+Color          factor 0.9 v/10 + 0.05                     ``adjust_saturation_with_gray_subtraction`` (RGB)
+Contrast       factor 0.9 v/10 + 0.05                     ``adjust_contrast_with_mean_subtraction``
+Equalize       -                                          torchvision's batched ``equalize``
 Identity       -                                          -
-Posterize      bits int(4 v/10) + 4                       ``posterize``
-Rotate         +-int(30 v/10) degrees                     ``rotate``
-Sharpness      factor 0.9 v/10 + 0.05                     ``adjust_sharpness``
-ShearX/Y       +-0.3 v/10 shear factor (atan in degrees)  ``affine(shear=...)``
-Solarize       threshold (256 - int(256 v/10)) / 255      ``solarize``
-TranslateX/Y   +-int(0.3 v/10 * width/height) pixels      ``affine(translate=...)``
+Posterize      bits int(4 v/10) + 4                       the 8-bit levels & a mask
+Rotate         +-int(30 v/10) degrees                     one ``warp_affine`` for every
+Sharpness      factor 0.9 v/10 + 0.05                     ``kornia.enhance.sharpness``
+ShearX/Y       +-0.3 v/10 shear factor                    geometric op of a slot
+Solarize       threshold (256 - int(256 v/10)) / 255      ``kornia.enhance.solarize``
+TranslateX/Y   +-int(0.3 v/10 * width/height) pixels      (``warp_affine``, see above)
 =============  =========================================  ==============================
 
 All randomness (op, magnitude, sign, apply) is drawn up front from torch's global RNG, which
-the run seeds, so a seed fixes the views. Rather than looping image by image, each of the
-``n_ops`` slots groups the images that drew the same (op, magnitude, sign) and calls the v2 op
-once per group on that sub-batch: identical result, far fewer calls on small images.
-Geometric ops fill with 0 and use nearest interpolation (PIL's defaults in FixMatch); shears
-and rotations are about the image centre (torchvision) rather than PIL's top-left corner.
+the run seeds, so a seed fixes the views. Each of the ``n_ops`` slots then makes at most one
+batched call per op of the pool on the images that drew it, with each image's own parameter
+(kornia's functional ops take one value per image), and one affine warp for all the slot's
+geometric ops: the number of calls does not grow with the batch. The formulas are PIL's (as
+torchvision implements them); geometric ops fill with 0 and use nearest interpolation (PIL's
+defaults in FixMatch), about the image centre rather than PIL's top-left corner.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
-ENHANCE = {"Brightness": TF.adjust_brightness, "Color": TF.adjust_saturation, "Contrast": TF.adjust_contrast,
-           "Sharpness": TF.adjust_sharpness}
-SIGNED = {"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"}
+ENHANCE = {"Brightness", "Color", "Contrast", "Sharpness"}
+GEOMETRIC_INDEX = {"Rotate": 0, "ShearX": 1, "ShearY": 2, "TranslateX": 3, "TranslateY": 4}
+GEOMETRIC = set(GEOMETRIC_INDEX)   # one affine warp per slot; also the ops with a random sign
 RGB_ONLY = {"Color"}
 
 
 def op_args(name: str, v: int, sign: int, h: int, w: int) -> tuple | None:
-    """The op's concrete argument for magnitude ``v`` and ``sign`` on an h x w image; None = no-op."""
+    """The op's concrete argument for magnitude ``v`` and ``sign`` on an h x w image; None = no-op.
+    Rotations are in degrees, shears are factors (x' = x + s y), translations in pixels."""
     if name == "Identity":
         return None
     if name in ("AutoContrast", "Equalize"):
@@ -58,41 +58,65 @@ def op_args(name: str, v: int, sign: int, h: int, w: int) -> tuple | None:
     if name == "Rotate":
         return (float(sign * (v * 30 // 10)),)
     if name in ("ShearX", "ShearY"):
-        deg = sign * math.degrees(math.atan(0.3 * v / 10))
-        return ([deg, 0.0] if name == "ShearX" else [0.0, deg],)
+        return (sign * 0.3 * v / 10,)
     if name in ("TranslateX", "TranslateY"):
         px = sign * (3 * v * (w if name == "TranslateX" else h) // 100)
         if px == 0:
             return None  # less than a pixel on a small image
-        return ([px, 0] if name == "TranslateX" else [0, px],)
+        return (float(px),)
     raise ValueError(f"unknown RandAugment op {name!r}")
 
 
-def call_op(name: str, x: torch.Tensor, args: tuple) -> torch.Tensor:
-    """Run a torchvision v2 functional op with the arguments ``op_args`` gave."""
-    if name == "AutoContrast":
-        return TF.autocontrast(x)
-    if name == "Equalize":
-        return TF.equalize(x)
-    if name in ENHANCE:
-        return ENHANCE[name](x, args[0])
-    if name == "Posterize":
-        return TF.posterize(x, args[0])
+def colour_op(name: str, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A non-geometric op on a batch, ``value`` holding each image's parameter."""
+    from kornia import enhance
+
+    if name == "AutoContrast":  # each channel stretched to [0, 1]; a flat channel stays as it is
+        lo, hi = x.amin((-2, -1), keepdim=True), x.amax((-2, -1), keepdim=True)
+        return torch.where(hi > lo, enhance.normalize_min_max(x), x)
+    if name == "Equalize":  # torchvision's batched equalize follows PIL's lookup table; kornia's rounds otherwise
+        from torchvision.transforms.v2.functional import equalize
+
+        return equalize(x)
+    if name == "Brightness":
+        return enhance.adjust_brightness_accumulative(x, value)
+    if name == "Color":
+        return enhance.adjust_saturation_with_gray_subtraction(x, value)
+    if name == "Contrast":
+        return enhance.adjust_contrast_with_mean_subtraction(x, value)
+    if name == "Sharpness":
+        return enhance.sharpness(x, value)
+    if name == "Posterize":  # PIL's x & mask on 8-bit levels (kornia's posterize truncates x * 255 instead of rounding)
+        keep = (255 << (8 - value.long())).remainder(256).to(torch.uint8).view(-1, 1, 1, 1)
+        return ((x * 255).round().to(torch.uint8) & keep).to(x.dtype) / 255
     if name == "Solarize":
-        return TF.solarize(x, args[0])
-    if name == "Rotate":
-        return TF.rotate(x, args[0])
-    if name in ("ShearX", "ShearY"):
-        return TF.affine(x, angle=0.0, translate=[0, 0], scale=1.0, shear=args[0])
-    if name in ("TranslateX", "TranslateY"):
-        return TF.affine(x, angle=0.0, translate=args[0], scale=1.0, shear=[0.0, 0.0])
+        return enhance.solarize(x, value)
     raise ValueError(f"unknown RandAugment op {name!r}")
 
 
-def apply_op(name: str, x: torch.Tensor, v: int, sign: int = 1) -> torch.Tensor:
-    """Apply one op with integer magnitude ``v`` (and sign, for geometric ops) to a float batch in [0, 1]."""
-    args = op_args(name, v, sign, x.shape[-2], x.shape[-1])
-    return x if args is None else call_op(name, x, args).clamp(0, 1)
+def geometric_warp(x: torch.Tensor, names: Sequence[str], value: torch.Tensor) -> torch.Tensor:
+    """Rotate / shear / translate each image of ``x`` by its own op ``names[i]`` and ``value[i]``,
+    in one nearest-neighbour warp about the image centre (zeros outside)."""
+    from kornia.geometry.transform import warp_affine
+
+    b, _, h, w = x.shape
+    kind = torch.tensor([GEOMETRIC_INDEX[n] for n in names])
+    v = value.to(torch.float64)
+    a = torch.zeros(b, 2, 3, dtype=torch.float64)
+    a[:, 0, 0] = a[:, 1, 1] = 1.0
+    rot = kind == 0
+    rad = torch.deg2rad(v[rot])        # counter-clockwise on screen, as torchvision's rotate
+    a[rot, 0, 0], a[rot, 0, 1] = torch.cos(rad), torch.sin(rad)
+    a[rot, 1, 0], a[rot, 1, 1] = -torch.sin(rad), torch.cos(rad)
+    a[kind == 1, 0, 1] = -v[kind == 1]  # shear x: the pixel at (x + s y, y) comes to (x, y)
+    a[kind == 2, 1, 0] = -v[kind == 2]
+    a[kind == 3, 0, 2] = v[kind == 3]   # translations move the content by +px
+    a[kind == 4, 1, 2] = v[kind == 4]
+    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64)
+    a[:, :, 2] += centre - (a[:, :, :2] @ centre)
+    return warp_affine(x, a.to(x.device, x.dtype), (h, w), mode="nearest", padding_mode="zeros",
+                       align_corners=True)
+
 
 
 class RandAugment:
@@ -104,7 +128,7 @@ class RandAugment:
         self.n_ops = n_ops if self.ops else 0
         self.max_magnitude = max_magnitude
         self.p = p
-        self._tables: dict[tuple[int, int], tuple[torch.Tensor, list[tuple[str, tuple]]]] = {}
+        self._tables: dict[tuple[int, int], torch.Tensor] = {}
 
     def sample(self, batch: int) -> dict[str, torch.Tensor]:
         """The random draws for a batch (B x n_ops each), from torch's global RNG."""
@@ -115,43 +139,38 @@ class RandAugment:
         apply = torch.rand(shape) < self.p
         return {"op": op, "mag": mag, "sign": sign, "apply": apply}
 
-    def _table(self, h: int, w: int) -> tuple[torch.Tensor, list[tuple[str, tuple]]]:
-        """(op, v, sign) -> id of its distinct concrete call (-1 = no-op), and the calls by id."""
+    def table(self, h: int, w: int) -> torch.Tensor:
+        """``op_args`` as a tensor: [op, v, sign] -> the op's parameter (NaN = no-op, 0 = none needed)."""
         if (h, w) not in self._tables:
-            ids = torch.full((len(self.ops), self.max_magnitude + 1, 2), -1, dtype=torch.long)
-            calls: list[tuple[str, tuple]] = []
-            seen: dict[str, int] = {}
+            t = torch.full((len(self.ops), self.max_magnitude + 1, 2), float("nan"), dtype=torch.float64)
             for i, name in enumerate(self.ops):
                 for v in range(1, self.max_magnitude + 1):
                     for s in (0, 1):
-                        args = op_args(name, v, 1 if (s or name not in SIGNED) else -1, h, w)
-                        if args is None:
-                            continue
-                        key = repr((name, args))
-                        if key not in seen:
-                            seen[key] = len(calls)
-                            calls.append((name, args))
-                        ids[i, v, s] = seen[key]
-            self._tables[(h, w)] = (ids, calls)
+                        args = op_args(name, v, 1 if (s or name not in GEOMETRIC) else -1, h, w)
+                        if args is not None:
+                            t[i, v, s] = args[0] if args else 0.0
+            self._tables[(h, w)] = t
         return self._tables[(h, w)]
 
     def __call__(self, x: torch.Tensor, draws: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         if self.n_ops == 0 or x.shape[0] == 0:
             return x
         d = draws if draws is not None else self.sample(x.shape[0])
-        ids, calls = self._table(x.shape[-2], x.shape[-1])
-        call_id = torch.where(d["apply"], ids[d["op"], d["mag"], d["sign"]], torch.full_like(d["op"], -1))
+        value = self.table(x.shape[-2], x.shape[-1])[d["op"], d["mag"], d["sign"]]
+        active = d["apply"] & ~value.isnan()          # host tensors: no device sync
+        geometric = torch.tensor([name in GEOMETRIC for name in self.ops])[d["op"]]
         x = x.clone()
         for slot in range(self.n_ops):
-            col = call_id[:, slot]
-            rows = (col >= 0).nonzero().flatten()
-            if rows.numel() == 0:
-                continue
-            order = torch.argsort(col[rows], stable=True)
-            rows = rows[order]
-            values, counts = torch.unique_consecutive(col[rows], return_counts=True)
-            for cid, group in zip(values.tolist(), rows.split(counts.tolist())):
-                name, args = calls[cid]
-                idx = group.to(x.device)
-                x[idx] = call_op(name, x[idx], args).clamp_(0, 1)
+            op, val, on = d["op"][:, slot], value[:, slot], active[:, slot]
+            rows = (on & geometric[:, slot]).nonzero().flatten()
+            if rows.numel():
+                idx = rows.to(x.device)
+                x[idx] = geometric_warp(x[idx], [self.ops[i] for i in op[rows].tolist()], val[rows])
+            for i, name in enumerate(self.ops):
+                if name in GEOMETRIC:
+                    continue
+                rows = (on & (op == i)).nonzero().flatten()
+                if rows.numel():
+                    idx = rows.to(x.device)
+                    x[idx] = colour_op(name, x[idx], val[rows].to(x.device, x.dtype)).clamp_(0, 1)
         return x

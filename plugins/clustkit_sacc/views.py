@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 
 from clustkit import BuildContext, RunContext, hookimpl
-from clustkit.nn.augment import TensorAffine, normalize_batch, per_image, weak_pipeline
+from clustkit.nn.augment import TensorAffine, normalize_batch, simclr_augment, weak_pipeline
 from clustkit.nn.views import resize_square
 
 from .randaugment import RandAugment
@@ -18,18 +18,9 @@ def strong_base_pipeline(size: int, channels: int, jitter: tuple[float, float, f
     """SACC's strong view before RandAugment: RandomResizedCrop, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8,
     grayscale p=0.2, Gaussian blur sigma~U(0.1, 2) p=0.5, horizontal flip (in the reference's order).
     Colour ops are skipped for 1-channel images."""
-    from torchvision.transforms import v2
-
-    ops: list[Callable[..., torch.Tensor]] = [v2.RandomResizedCrop(size, scale=crop_scale, antialias=True)]
-    if channels == 3:
-        ops += [v2.RandomApply([v2.ColorJitter(*jitter)], p=0.8), v2.RandomGrayscale(p=0.2)]
-    if blur:
-        # PIL's GaussianBlur(radius=sigma) is not truncated by a kernel size: cover +-3 sigma_max
-        kernel = min(13, size - 1 if size % 2 == 0 else size)
-        if kernel >= 3:
-            ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
-    ops.append(v2.RandomHorizontalFlip())
-    return v2.Compose(ops)
+    # PIL's GaussianBlur(radius=sigma) is not truncated by a kernel size: cover +-3 sigma_max
+    kernel = min(13, size - 1 if size % 2 == 0 else size) if blur else None
+    return simclr_augment(size, channels, crop_scale, jitter, blur_kernel=kernel, flip_last=True)
 
 
 class SACCViews:
@@ -61,11 +52,11 @@ class SACCViews:
 
     def weak_view(self, images: torch.Tensor) -> torch.Tensor:
         if self.weak is not None:
-            return per_image(self.weak, images)
+            return self.weak(images)
         return self.affine(resize_square(images, self.size))
 
     def strong_view(self, images: torch.Tensor) -> torch.Tensor:
-        x = per_image(self.strong_base, images) if self.strong_base is not None else self.affine(resize_square(images, self.size))
+        x = self.strong_base(images) if self.strong_base is not None else self.affine(resize_square(images, self.size))
         return self.randaugment(x)
 
     @hookimpl

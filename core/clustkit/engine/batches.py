@@ -73,9 +73,12 @@ class BatchSource:
         return full if (self.drop_last or rest == 0) else full + 1
 
     def _fetch(self, idx: torch.Tensor, train: bool) -> Batch | None:
-        if self.images is not None:
-            x = self.images[idx].to(self.device, non_blocking=True).float().div_(255.0)
-            return x, self.labels[idx].to(self.device), idx.to(self.device)
+        if self.images is not None:  # uint8 crosses to the device once; float conversion happens there
+            x = self.images[idx]
+            if self.device.type == "cuda":  # a pinned copy lets the transfer run without blocking the host
+                x = x.pin_memory()
+            x = x.to(self.device, non_blocking=True).float().div_(255.0)
+            return x, self.labels[idx].to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
         items = [self.dataset[int(i)] for i in idx]
         imgs = torch.stack([it[0] for it in items])
         return self._batch(imgs, torch.tensor([it[1] for it in items], dtype=torch.long), idx, train)

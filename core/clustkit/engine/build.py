@@ -138,6 +138,10 @@ def build_network(recipe: Recipe, backbone: torch.nn.Module, pm: pluggy.PluginMa
     if recipe.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     momentum = momentum_copy(model, recipe.momentum.heads) if recipe.momentum is not None else None
+    if recipe.run.compile:  # after the momentum copy, so that each network compiles its own backbone
+        for net in (model, momentum):
+            if net is not None:
+                net.backbone.compile()
     if dist.world_size() > 1:  # every rank starts from rank 0's weights
         for t in list(model.parameters()) + list(model.buffers()):
             torch.distributed.broadcast(t.data, src=0)

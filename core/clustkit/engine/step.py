@@ -110,11 +110,11 @@ def loss_terms(ctx: RunContext, out: StepOutputs, losses: Mapping[str, Any]) -> 
 def train_step(ctx: RunContext, batch: Batch, losses: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """One optimizer step on ``batch``; returns the detached loss terms (still on the device)."""
     images, labels, index = batch
-    if ctx.recipe.run.channels_last:              # NHWC kernels on GPUs with tensor cores
-        images = images.contiguous(memory_format=torch.channels_last)
     views = ctx.hook.make_views(images=images, train=True, ctx=ctx)           # the recipe's [views]
     if views is None:
         raise RuntimeError("no view generator answered make_views; add a [views] section")
+    if ctx.recipe.run.channels_last:              # NHWC kernels (GPU tensor cores, CPU oneDNN/AMX)
+        views = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in views.items()}
     out = StepOutputs(ctx, images, labels, index, views)                      # heads run when a loss asks
     with ctx.autocast():                                                      # bf16 when run.precision asks
         terms = loss_terms(ctx, out, losses)                                  # weighted, named after recipe keys

@@ -1,9 +1,14 @@
 """Augmentations on batches of tensors (B×C×H×W floats in [0, 1], on the run device).
 
+Every augmentation here draws its own random parameters for each image of a batch and applies
+them in a few batched calls, never image by image: on a CPU the views cost a fraction of the
+model, and on a GPU a batch is a handful of kernels rather than thousands.
+
 * ``TensorAffine``: batched random affine + erasing + noise, one kernel call per batch. It is
   the fast path for tiny images (digits, USPS, MNIST) and runs on a GPU unchanged.
-* ``weak_pipeline``: CC's "weak" SimCLR-style pipeline (docs/methods/cc.md) from torchvision
-  transforms v2, applied image by image (each image gets its own random parameters).
+* ``simclr_augment``: the SimCLR-style crop / flip / colour jitter / grey / blur chain that CC's
+  weak view, DigPro's views and SACC's strong view share (docs/methods/cc.md), from kornia's
+  augmentation modules; ``weak_pipeline`` is CC's weak view built from it.
 """
 
 from __future__ import annotations
@@ -63,33 +68,44 @@ class TensorAffine:
         return out
 
 
+def simclr_augment(size: int, channels: int, crop_scale: tuple[float, float],
+                   jitter: tuple[float, float, float, float], jitter_p: float = 0.8, grey_p: float = 0.2,
+                   blur_kernel: int | None = None, flip_last: bool = False) -> torch.nn.Sequential:
+    """RandomResizedCrop to ``size`` (ratio 3/4-4/3), horizontal flip p=0.5, colour jitter
+    (brightness, contrast, saturation, hue) with p=``jitter_p``, grey p=``grey_p``, and a Gaussian
+    blur (sigma ~ U(0.1, 2), p=0.5) when ``blur_kernel`` is given; the flip comes last when
+    ``flip_last`` (SACC's order). Colour ops are skipped for one-channel images.
+
+    kornia's modules draw each image's parameters from torch's global RNG (so a run's seed fixes
+    its views) and apply them batched. One difference from torchvision's per-image pipeline:
+    kornia draws the order of the four jitter steps once per batch, not once per image.
+    """
+    import kornia.augmentation as K
+
+    flip = K.RandomHorizontalFlip()
+    ops: list[torch.nn.Module] = [K.RandomResizedCrop((size, size), scale=crop_scale, cropping_mode="resample")]
+    if not flip_last:
+        ops.append(flip)
+    if channels == 3:
+        ops += [K.ColorJitter(*jitter, p=jitter_p), K.RandomGrayscale(p=grey_p)]
+    if blur_kernel is not None and blur_kernel >= 3:
+        ops.append(K.RandomGaussianBlur((blur_kernel, blur_kernel), (0.1, 2.0), p=0.5))
+    if flip_last:
+        ops.append(flip)
+    return torch.nn.Sequential(*ops)
+
+
 def weak_pipeline(size: int, channels: int, strength: float = 0.5, blur: bool = False,
                   crop_scale: tuple[float, float] = (0.08, 1.0), normalize: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """CC's weak view: RandomResizedCrop, flip, colour jitter (0.8s, 0.8s, 0.8s, 0.2s) with p=0.8,
-    grayscale p=0.2, Gaussian blur p=0.5 (ImageNet-10/Dogs only), no normalisation by default
-    (CC passes no mean/std). Colour ops are skipped for one-channel images."""
-    from torchvision.transforms import v2
-
-    ops: list[Callable[..., torch.Tensor]] = [
-        v2.RandomResizedCrop(size, scale=crop_scale, antialias=True),
-        v2.RandomHorizontalFlip(),
-    ]
-    if channels == 3:
-        ops += [
-            v2.RandomApply([v2.ColorJitter(0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-        ]
-    if blur:
-        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-        ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
-    if normalize and channels == 3:
-        ops.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
-    return v2.Compose(ops)
-
-
-def per_image(transform: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Apply a torchvision transform to each image of a batch with independent randomness."""
-    return torch.stack([transform(img) for img in x])
+    """CC's weak view of a batch: RandomResizedCrop, flip, colour jitter (0.8s, 0.8s, 0.8s, 0.2s)
+    with p=0.8, grayscale p=0.2, Gaussian blur p=0.5 (ImageNet-10/Dogs only), no normalisation by
+    default (CC passes no mean/std)."""
+    s = strength
+    aug = simclr_augment(size, channels, crop_scale, (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
+                         blur_kernel=max(3, int(0.1 * size) // 2 * 2 + 1) if blur else None)
+    if not normalize:
+        return aug
+    return lambda x: normalize_batch(aug(x))
 
 
 def normalize_batch(x: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,

@@ -5,8 +5,9 @@ A view generator answers ``make_views``: named training views of a batch, or the
 view pairs against when the run is built (docs/api.md).
 
 * ``TensorAffineViews``: each view is one batched random affine + erasing + noise call.
-* ``PipelineViews``: CC's weak SimCLR-style pipeline (``augment.weak_pipeline``) image by image;
-  the evaluation view is the image resized to the crop size (normalised when the views are).
+* ``PipelineViews``: CC's weak SimCLR-style pipeline (``augment.weak_pipeline``), batched with
+  each image's own random parameters; the evaluation view is the image resized to the crop size
+  (normalised when the views are).
   CC's ``cc_weak`` and DigPro's ``digpro_simclr`` differ only in their defaults.
 """
 
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from clustkit.nn.augment import TensorAffine, normalize_batch, per_image, weak_pipeline
+from clustkit.nn.augment import TensorAffine, normalize_batch, weak_pipeline
 from clustkit.plugin_system.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -58,6 +59,6 @@ class PipelineViews:
     @hookimpl
     def make_views(self, images: torch.Tensor, train: bool, ctx: RunContext) -> dict[str, torch.Tensor]:
         if train:
-            return {name: per_image(self.transform, images) for name in self.view_names}
+            return {name: self.transform(images) for name in self.view_names}
         x = resize_square(images, self.size)
         return {"eval": normalize_batch(x) if self.normalize else x}

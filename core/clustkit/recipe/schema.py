@@ -34,6 +34,8 @@ class RunSection(_Strict):
     keep_checkpoints: int = Field(1, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the backbones (in place, so checkpoints keep their keys); "
+                          "the first steps pay for the compilation")
     deterministic: bool = False
     select: Literal["agreement", "neighbors", "silhouette", "recipe"] = Field(
         "agreement", description="how the run's output is chosen among its candidate clusterings, without labels: "
