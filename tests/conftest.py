@@ -119,3 +119,12 @@ def run_recipe(path: Path, plugins: Any, out: Path | None, overrides: list[str] 
 
     recipe = load(path, plugins.registry, overrides or [])
     return Run(recipe, plugins, out).execute(resume=resume)
+
+
+def rgb(n: int = 6, size: int = 32, seed: int = 0) -> "torch.Tensor":
+    """Smooth random RGB images (upsampled noise) in [0, 1], for the augmentation tests."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, size // 4, size // 4, generator=g)
+    return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)

@@ -18,7 +18,7 @@ from clustkit_sacc import (OP_NAMES, TRAIN_PY_CLUSTER_PAIRS, TRAIN_PY_INSTANCE_P
 from clustkit_sacc import views as C
 from clustkit_sacc.randaugment import RandAugment, op_args
 from naive import naive_cluster_contrast as naive_cluster, naive_nt_xent
-from conftest import REPO, FakeOut, run_recipe
+from conftest import REPO, FakeOut, rgb, run_recipe
 
 D = torch.float64
 
@@ -27,12 +27,6 @@ def digits(n: int = 16) -> torch.Tensor:
     from sklearn.datasets import load_digits
 
     return torch.tensor(load_digits().images[:n], dtype=torch.float32)[:, None] / 16.0
-
-
-def rgb(n: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(n, 3, size // 4, size // 4, generator=g)
-    return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def views_ctx(channels: int = 1, size: int = 8) -> BuildContext:

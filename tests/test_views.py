@@ -14,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 from clustkit import BuildContext
 from clustkit.nn.augment import simclr_augment, weak_pipeline
 from clustkit.plugin_system.manager import get_plugins
+from conftest import rgb
 
 GENERATORS: list[tuple[str, dict[str, Any]]] = [
     ("tensor_affine", {}),
@@ -44,12 +45,6 @@ def build(name: str, settings: dict[str, Any], channels: int = 3, size: int = 32
     recipe = SimpleNamespace(path="t.toml", views=config)
     return spec.build(config, BuildContext(recipe, "views", torch.device("cpu"), in_channels=channels,
                                            image_size=(size, size)))
-
-
-def rgb(n: int, size: int = 32) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    base = torch.rand(n, 3, size // 4, size // 4, generator=g)
-    return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def ops_for(gen: Any, batch: int) -> int:

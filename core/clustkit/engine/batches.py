@@ -65,20 +65,23 @@ class BatchSource:
                 imgs, idx = imgs[~bad], idx[~bad]
                 if len(idx) < 2:
                     return None
+        return self._to_device(imgs, idx)
+
+    def _to_device(self, imgs: torch.Tensor, idx: torch.Tensor) -> Batch:
+        """uint8 crosses to the device once (from pinned memory on CUDA, so the copy does not block
+        the host); the float conversion happens there."""
+        if self.device.type == "cuda" and not imgs.is_pinned():
+            imgs = imgs.pin_memory()
         x = imgs.to(self.device, non_blocking=True).float().div_(255.0)
-        return x, self.labels[idx].to(self.device), idx.to(self.device)
+        return x, self.labels[idx].to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
 
     def steps_per_epoch(self) -> int:
         full, rest = divmod(self.n, self.batch_size)
         return full if (self.drop_last or rest == 0) else full + 1
 
     def _fetch(self, idx: torch.Tensor, train: bool) -> Batch | None:
-        if self.images is not None:  # uint8 crosses to the device once; float conversion happens there
-            x = self.images[idx]
-            if self.device.type == "cuda":  # a pinned copy lets the transfer run without blocking the host
-                x = x.pin_memory()
-            x = x.to(self.device, non_blocking=True).float().div_(255.0)
-            return x, self.labels[idx].to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+        if self.images is not None:
+            return self._to_device(self.images[idx], idx)
         items = [self.dataset[int(i)] for i in idx]
         imgs = torch.stack([it[0] for it in items])
         return self._batch(imgs, torch.tensor([it[1] for it in items], dtype=torch.long), idx, train)
