@@ -83,3 +83,46 @@ def test_torchrun_two_processes_cli(tiny_recipe: Path, tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and 0 <= summary["acc"] <= 1
     assert len((out / "assignments.csv").read_text().splitlines()) == 1798
+
+
+def _torchrun(*args: str) -> list[str]:
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    return [torchrun, *args]
+
+
+def _two_nodes(out: Path, *run_args: str) -> None:
+    """Two torchrun "nodes" on this machine, one process each, meeting through a c10d rendezvous on
+    127.0.0.1 (what `torchrun --nnodes 2` does across machines, docs/scale-out.md)."""
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(
+        _torchrun("--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"test-{port}", clustkit_exe(), "run", "cc",
+                  "--out", str(out), *run_args),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for node in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in nodes]
+    for node, (p, log) in enumerate(zip(nodes, logs)):
+        assert p.returncode == 0, f"node {node}:\n{log[-3000:]}"
+
+
+def test_two_torchrun_nodes_with_a_resume_equal_one_node(tmp_path: Path) -> None:
+    """recipes/cc.toml on two one-process "nodes", interrupted after 2 epochs and resumed to 3 across
+    the nodes, ends with the summary and assignments of an uninterrupted two-process run on one node."""
+    common = ["--set", "run.eval_every=0", "--set", "run.checkpoint_every=1", "--set", "run.report=false"]
+    single = tmp_path / "one-node"
+    result = subprocess.run(_torchrun("--standalone", "--nproc-per-node", "2", clustkit_exe(), "run", "cc", "--out",
+                                      str(single), "--set", "run.epochs=3", *common),
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    multi = tmp_path / "two-nodes"
+    _two_nodes(multi, "--set", "run.epochs=2", *common)
+    assert json.loads((multi / "summary.json").read_text())["epochs"] == 2
+    _two_nodes(multi, "--set", "run.epochs=3", "--resume", *common)
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (single, multi))
+    assert a["world_size"] == b["world_size"] == 2 and b["epochs"] == 3
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differ <= {"wall_s"}, {k: (a.get(k), b.get(k)) for k in differ}
+    assert (single / "assignments.csv").read_text() == (multi / "assignments.csv").read_text()
+    curves = [[(m["epoch"], m["losses"]) for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+              for d in (single, multi)]
+    assert [e for e, _ in curves[1]] == [1, 2, 3] and curves[0] == curves[1]  # the gathered losses, exactly

@@ -281,8 +281,9 @@ class ProtoLoss(_DigProLoss):
         due = self.labelled_epoch < 0 or ctx.epoch - self.labelled_epoch >= self.cfg.reassign_every
         if not due:
             return
-        feats = F.normalize(ctx.extract(self.cfg.projector, momentum=True), dim=1)
-        result = ctx.group(feats, self.k, spherical=True)
+        # each rank extracts and clusters its shard of the items; the labels come back for all of them
+        feats, rows = ctx.extract_shard(self.cfg.projector, momentum=True)
+        result = ctx.group(F.normalize(feats, dim=1), self.k, spherical=True, rows=rows)
         self.pseudo_labels.copy_(torch.as_tensor(result.labels, dtype=torch.long))
         self.labelled_epoch = ctx.epoch
 

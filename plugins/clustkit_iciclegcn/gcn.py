@@ -5,7 +5,8 @@
 * ``Trident``: the AE plus two 5-layer GCN streams (separate or shared weights), fused layer by
   layer, plus the Student-t centres.
 * ``student_t`` / ``target_distribution``: DEC's soft assignment Q and sharpened target P.
-* ``build_graphs``: the two sparse kNN graphs through ``clustkit.cluster.neighbors.knn_graph``.
+* ``build_graphs``: the two sparse kNN graphs (``clustkit.cluster.neighbors.graph_from_neighbors``);
+  in a multi-process run each rank searches a slice of the queries (``knn_across_ranks``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clustkit.cluster.neighbors import knn_graph
+from clustkit.cluster.neighbors import graph_from_neighbors
+from clustkit.cluster.sharded import knn_across_ranks
 
 from .autoencoder import JCSlimAE
 
@@ -106,7 +108,12 @@ def build_graphs(features: torch.Tensor, k_a: int, k_b: int, normalization: str,
                  backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """The two sparse N×N kNN graphs: edges to the k nearest neighbours (Euclidean, self
     excluded; the heat kernel of the paper is monotone in distance), made symmetric, self-loops
-    added, normalised. Never builds a dense N×N matrix (FAISS or blocked torch search)."""
-    graphs = tuple(knn_graph(features, k, symmetric=True, self_loops=True, normalization=normalization,
-                             backend=backend) for k in (k_a, k_b))
+    added, normalised. Never builds a dense N×N matrix (FAISS or blocked torch search).
+
+    Every rank holds all the features (stage 2 trains on all of them); in a multi-process run
+    each searches its slice of the queries and the N×k neighbour indices are all-gathered, so
+    the search is split instead of repeated (one process: ``knn_graph`` exactly)."""
+    graphs = tuple(graph_from_neighbors(knn_across_ranks(features, k, exclude_self=True, backend=backend)[1],
+                                        symmetric=True, self_loops=True, normalization=normalization)
+                   for k in (k_a, k_b))
     return graphs[0], graphs[1]

@@ -72,20 +72,27 @@ def child_main() -> None:
 
 def _error_from_log(log: Path, code: int) -> str:
     try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        text = log.read_text(errors="replace")
     except OSError:
-        lines = []
+        text = ""
+    return error_from_output(text, f"exit code {code}")
+
+
+def error_from_output(text: str, fallback: str) -> str:
+    """The line of a run's (or a job's) output that says what went wrong: the CLI's ``error:`` line, else the
+    last exception line of a traceback, else ``fallback`` with the last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if ln.startswith("error:"):
             return ln[len("error:"):].strip()
     for ln in reversed(lines):
         if not ln.startswith(("File ", "^", "~", "#")) and ("Error" in ln or "Exception" in ln):
             return ln
-    return f"exit code {code}" + (f"; last output: {lines[-1]}" if lines else "")
+    return fallback + (f"; last output: {lines[-1]}" if lines else "")
 
 
-def _child_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+def _child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
     if threads > 0:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
@@ -94,12 +101,16 @@ def _child_env(threads: int) -> dict[str, str]:
 
 
 class Executor:
-    """Runs tasks as child processes (any number at a time) or in this process (one at a time)."""
+    """Runs tasks as child processes (any number at a time) or in this process (one at a time).
 
-    def __init__(self, threads: int, timeout: float | None, in_process: bool):
+    ``env``: variables set in the children on top of this process's environment (a Slurm job or Ray
+    worker gets the submitting shell's ``CLUSTKIT_*`` variables this way, see ``bench.remote``)."""
+
+    def __init__(self, threads: int, timeout: float | None, in_process: bool, env: dict[str, str] | None = None):
         self.threads = threads
         self.timeout = timeout
         self.in_process = in_process
+        self.env = dict(env or {})
         self.procs: set[subprocess.Popen[bytes]] = set()
         self.lock = threading.Lock()
         self.stopping = False
@@ -149,19 +160,18 @@ class Executor:
                 if self.stopping:
                     t.status = "pending"
                     return
-                proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=_child_env(self.threads))
+                proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
+                                        env=_child_env(self.threads, self.env))
                 self.procs.add(proc)
             try:
-                code = proc.wait(timeout=self.timeout)
+                code = _wait(proc, self.timeout)
             except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _terminate(proc)
                 t.status, t.error = "failed", f"timed out after {self.timeout:g} s (--timeout)"
                 return
+            except KeyboardInterrupt:  # this thread was interrupted (ray.cancel): the run must not outlive it
+                _terminate(proc)
+                raise
             finally:
                 with self.lock:
                     self.procs.discard(proc)
@@ -213,6 +223,28 @@ class Executor:
             for p in self.procs:
                 if p.poll() is None:
                     p.terminate()
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> int:
+    """``proc.wait(timeout)`` in slices of a second: a blocking wait would not see a KeyboardInterrupt that
+    another thread raises in this one (Ray cancels a running task with ``_thread.interrupt_main``)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+        try:
+            return proc.wait(timeout=max(left, 0.0))
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _reset_peak_rss() -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from clustkit.bench.executor_settings import ExecutorName, RaySettings, SlurmSettings
 from clustkit.errors import RecipeError, UserError
 from clustkit.recipe import parse_override, read_toml, resolve_recipe
 from clustkit.recipe.errors import validation_error
@@ -87,6 +88,13 @@ class BenchSection(_Strict):
     set: list[str] = Field(default_factory=list, description="--set overrides applied to every cell")
     grid: dict[str, Any] = Field(default_factory=dict, description="'recipe.key' = [values]: one axis per key")
     axes: list[AxisEntry] = Field(default_factory=list, description="[[bench.axes]] tables, after the grid axes")
+    executor: ExecutorName | None = Field(None, description="where the runs execute (default local); --executor "
+                                          "replaces it")
+    # not Optional: the error formatter would take a key under an Optional table for a union's tag
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="[bench.slurm]: sbatch parameters "
+                                 "of executor slurm")
+    ray: RaySettings = Field(default_factory=RaySettings, description="[bench.ray]: cluster and resources of "
+                             "executor ray")
 
     @field_validator("seeds")
     @classmethod
@@ -138,6 +146,8 @@ class Plan:
     common: list[str]  # bench.set
     description: str | None = None
     cli: list[str] = field(default_factory=list)  # --set: after the recipe entries' own overrides
+    executor: str | None = None  # local, slurm or ray; None: not chosen (local)
+    executor_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # executor -> settings as given
 
     def cells(self) -> list[Cell]:
         out: list[Cell] = []
@@ -159,7 +169,8 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "description": self.description, "seeds": self.seeds,
-                "common": self.common, "cli": self.cli,
+                "common": self.common, "cli": self.cli, "executor": self.executor,
+                "executor_options": self.executor_options,
                 "recipes": [{"path": str(r.path), "label": r.label, "set": r.overrides} for r in self.recipes],
                 "axes": [{"name": a.name, "key": a.key, "options": [[lab, ovs] for lab, ovs in a.options]}
                          for a in self.axes]}
@@ -167,7 +178,8 @@ class Plan:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Plan:
         return cls(name=d["name"], source=d["source"], description=d.get("description"), seeds=list(d["seeds"]),
-                   common=list(d["common"]), cli=list(d.get("cli", [])),
+                   common=list(d["common"]), cli=list(d.get("cli", [])), executor=d.get("executor"),
+                   executor_options=dict(d.get("executor_options") or {}),
                    recipes=[BaseRecipe(Path(r["path"]), r["label"], list(r["set"])) for r in d["recipes"]],
                    axes=[Axis(a["name"], [(lab, list(ovs)) for lab, ovs in a["options"]], a.get("key"))
                          for a in d["axes"]])
@@ -354,8 +366,10 @@ def load_bench_file(path: Path, raw: dict[str, Any]) -> Plan:
             axes.append(Axis(a.name or a.key, [(lab, [f"{a.key}={toml_value(v)}"]) for lab, v in zip(labels, a.values)],
                              a.key))
     _dedupe_axes(file, axes)
+    options = {k: m.model_dump(exclude_unset=True) for k, m in (("slurm", b.slurm), ("ray", b.ray))}
+    options = {k: v for k, v in options.items() if v}  # the keys the file sets; --executor-option go on top
     return Plan(name=b.name or path.stem, source=file, recipes=recipes, axes=axes, seeds=list(b.seeds),
-                common=list(b.set), description=b.description)
+                common=list(b.set), description=b.description, executor=b.executor, executor_options=options)
 
 
 def _dedupe_labels(file: str, recipes: list[BaseRecipe]) -> None:

@@ -129,6 +129,15 @@ def write_runs_csv(path: Path, cells: list[dict[str, Any]]) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def _how(meta: dict[str, Any]) -> str:
+    """Where the runs ran: ``mode subprocess, jobs 2``, or ``executor slurm (partition gpu, ...)``."""
+    ex = meta.get("executor") or {"name": "local"}
+    if ex["name"] == "local":
+        return f"mode {meta['mode']}, jobs {meta['jobs']}"
+    settings = ", ".join(f"{k} {v}" for k, v in ex.get("settings", {}).items() if v not in (None, {}))
+    return f"executor {ex['name']} ({settings})" + (f", jobs {meta['jobs']}" if meta.get("jobs") else "")
+
+
 def markdown(meta: dict[str, Any], cells: list[dict[str, Any]]) -> str:
     cols = _columns(cells)
     lines = [f"# Bench `{meta['name']}`", ""]
@@ -137,7 +146,7 @@ def markdown(meta: dict[str, Any], cells: list[dict[str, Any]]) -> str:
     lines += [f"- source: `{meta['source']}`; seeds {', '.join(map(str, meta['seeds']))}",
               f"- command: `{meta['command']}`",
               f"- written {meta['created']} on {meta['host']['platform']}, {meta['host']['cpu_count']} CPU cores; "
-              f"devices: {', '.join(meta['devices']) or 'n/a'}; mode {meta['mode']}, jobs {meta['jobs']}, "
+              f"devices: {', '.join(meta['devices']) or 'n/a'}; {_how(meta)}, "
               f"torch threads per run {meta['threads'] or 'default'}",
               "- mean ± sample std over the seeds that finished; peak RSS is the whole run process "
               "(interpreter, libraries, data, model)",

@@ -34,6 +34,10 @@ class RunTask:
     def resume(self) -> bool:
         return self.status == "resume"
 
+    def adopt(self, ran: RunTask) -> None:
+        """Take the outcome of this run made elsewhere (a Slurm job or Ray task returns its own copy)."""
+        self.status, self.error, self.summary, self.resources = ran.status, ran.error, ran.summary, ran.resources
+
     def record(self, out: Path) -> dict[str, Any]:
         return {"seed": self.seed, "status": self.status, "dir": str(self.dir.relative_to(out)), "error": self.error,
                 "command": shlex.join(self.command) if self.command else None,

@@ -16,7 +16,7 @@ from clustkit.nn.configs import TensorAffineConfig
 
 F = "clustkit.builtin.components:"
 DATASETS = ("digits", "mnist", "fashion_mnist", "usps", "coil20", "cifar10", "cifar100", "stl10", "image_folder",
-            "imagenet10", "imagenet_dogs", "tiny_imagenet")
+            "imagenet10", "imagenet_dogs", "tiny_imagenet", "webdataset")
 
 
 class DatasetConfig(ComponentConfig):
@@ -27,8 +27,12 @@ class DatasetConfig(ComponentConfig):
     superclasses: bool = Field(True, description="cifar100: the 20 coarse labels (the papers' protocol)")
     unlabeled: bool = Field(False, description="stl10: add the 100k unlabelled split")
     classes: list[str] | None = Field(None, description="image_folder: subfolders to keep, in order")
-    channels: int = Field(3, ge=1, le=3, description="image_folder: 1 = grey, 3 = RGB")
+    channels: int = Field(3, ge=1, le=3, description="image_folder, webdataset: 1 = grey, 3 = RGB")
     cache_dir: str | None = Field(None, description="where extracted/decoded archives are cached")
+    in_memory: Literal["auto"] | bool = Field(
+        "auto", description="image files (folders, webdataset shards): decode once into memory (true), read from disk "
+        "every epoch in DataLoader workers (false: data larger than memory), or true when the decoded images take at "
+        "most a quarter of the available memory ('auto')")
 
 
 class SmallCNNConfig(ComponentConfig):

@@ -12,21 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clustkit.cluster.kmeans import FaissNotAvailableError, as_float32_array, faiss_available
+from clustkit.cluster.kmeans import _resolve_backend, as_float32_array, faiss_flat_index
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["knn", "knn_graph"]
+__all__ = ["knn", "knn_graph", "graph_from_neighbors"]
 
 NORMALIZATIONS = ("sym", "row", "none")
 _BLOCK_BYTES = 1 << 28  # ~256 MiB of distances per block in the torch fallback
 
 
 def _faiss_search(x: np.ndarray, q: np.ndarray, kk: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    import faiss
-
-    index = faiss.IndexFlatL2(x.shape[1])
+    """Exact search of ``q`` among ``x``: a flat L2 index, sharded over the GPUs when FAISS has several."""
+    index = faiss_flat_index(x.shape[1], shard=True)
     index.add(x)
     parts = [index.search(q[s : s + chunk], kk) for s in range(0, q.shape[0], chunk)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -69,21 +68,16 @@ def knn(
 
     Returns ``(dist, idx)``: Q x k float32 squared L2 distances (ascending) and
     Q x k int64 indices, Q = N or ``len(rows)``. ``backend`` is "auto" (faiss if importable), "faiss"
-    (``IndexFlatL2``, queries in chunks of ``chunk``) or "torch" (``cdist`` on
-    row blocks + ``topk``).
+    (a flat L2 index from ``faiss_flat_index``, sharded over the GPUs when FAISS has several;
+    queries in chunks of ``chunk``) or "torch" (``cdist`` on row blocks + ``topk``).
     """
-    if backend not in ("auto", "faiss", "torch"):
-        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    backend = _resolve_backend(backend, "knn")
     xs = as_float32_array(x)
     if xs.ndim != 2:
         raise ValueError(f"x must be 2-D (N x D), got shape {xs.shape}")
     kk = k + 1 if exclude_self else k
     if not 1 <= kk <= xs.shape[0]:
         raise ValueError(f"k={k} is too large for N={xs.shape[0]} (exclude_self={exclude_self})")
-    if backend == "auto":
-        backend = "faiss" if faiss_available() else "torch"
-    if backend == "faiss" and not faiss_available():
-        raise FaissNotAvailableError("knn backend 'faiss' requested but faiss is not installed")
     qs = xs if rows is None else np.ascontiguousarray(xs[np.asarray(rows)])
     db = xs if among is None else np.ascontiguousarray(xs[np.asarray(among)])
     if kk > len(db):
@@ -117,14 +111,34 @@ def knn_graph(
     heat kernel exp(-|xi - xj|^2 / t), which is monotone in Euclidean distance,
     so selecting neighbours by Euclidean distance picks the same kNN set.
     """
-    import torch
-
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    _check_normalization(normalization)
+    _, idx = knn(x, k, exclude_self=True, backend=backend)
+    return graph_from_neighbors(idx, symmetric=symmetric, self_loops=self_loops, normalization=normalization)
+
+
+def _check_normalization(normalization: str) -> None:
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    _, idx = knn(x, k, exclude_self=True, backend=backend)
-    n = idx.shape[0]
+
+
+def graph_from_neighbors(
+    idx: np.ndarray, *, symmetric: bool = True, self_loops: bool = True, normalization: str = "sym"
+) -> torch.Tensor:
+    """The adjacency of :func:`knn_graph` from precomputed neighbours: ``idx`` (N x k) lists
+    row i's k nearest neighbours (self excluded, as ``knn`` returns them).
+
+    What lets a multi-process run build the graph from all-gathered N x k indices
+    (``clustkit.cluster.sharded``) instead of gathering the features to search them.
+    """
+    import torch
+
+    _check_normalization(normalization)
+    idx = np.asarray(idx, dtype=np.int64)
+    if idx.ndim != 2:
+        raise ValueError(f"idx must be N x k, got shape {idx.shape}")
+    n, k = idx.shape
     rows = torch.arange(n).repeat_interleave(k)
     cols = torch.from_numpy(idx).reshape(-1)
     if symmetric:

@@ -17,11 +17,14 @@ from .base import UNREADABLE, ClusterDataset, DatasetError, FolderDataset, InMem
 from .arrays import load_coil20, load_digits, load_fashion_mnist, load_mnist, load_stl10, load_usps
 from .cifar import load_cifar10, load_cifar100
 from .folder import load_image_folder, load_imagenet10, load_imagenet_dogs, load_tiny_imagenet
+from .memory import InMemory, place
+from .shards import TarShardDataset, load_webdataset
 
 __all__ = [
     "ClusterDataset",
     "InMemoryDataset",
     "FolderDataset",
+    "TarShardDataset",
     "DatasetError",
     "UNREADABLE",
     "DATASETS",
@@ -43,6 +46,7 @@ DATASETS: dict[str, Callable[..., ClusterDataset]] = {
     "imagenet10": load_imagenet10,
     "imagenet_dogs": load_imagenet_dogs,
     "tiny_imagenet": load_tiny_imagenet,
+    "webdataset": load_webdataset,
 }
 
 SPLITS = ("all", "train", "test", "unlabeled")  # "unlabeled": stl10 only
@@ -54,13 +58,17 @@ def load_dataset(
     root: str | os.PathLike | None = None,
     image_size: int | tuple[int, int] | None = None,
     split: str = "all",
+    in_memory: InMemory | None = None,
     **options,
 ) -> ClusterDataset:
     """Load dataset ``name`` (a key of :data:`DATASETS`; ``-`` and ``_`` are interchangeable).
 
-    ``image_size`` resizes (shorter side, then center crop): folder datasets load lazily at this
+    ``image_size`` resizes (shorter side, then center crop): datasets of image files decode at this
     size (default 224; 64 for tiny_imagenet); in-memory datasets keep their native size when it is
-    None, else are resized once. Any other option goes to the loader (e.g. ``channels``,
+    None, else are resized once. ``in_memory`` decides whether image files are decoded once into
+    memory (True), read from disk when an item is asked for (False), or the first when the decoded
+    images fit in a quarter of the available memory ("auto", the recipes' default); None (the
+    default here) keeps what the loader returns. Any other option goes to the loader (e.g. ``channels``,
     ``superclasses``, ``unlabeled``, ``classes``, ``cache_dir``); unknown ones raise
     :class:`DatasetError`.
     """
@@ -80,4 +88,5 @@ def load_dataset(
         )
     if root is not None:
         root = os.path.expanduser(os.fspath(root))
-    return loader(root, image_size=image_size, split=split, **options)
+    ds = loader(root, image_size=image_size, split=split, **options)
+    return ds if in_memory is None else place(ds, in_memory, key)

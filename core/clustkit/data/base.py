@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -129,6 +130,7 @@ class InMemoryDataset(ClusterDataset):
         name: str,
         class_names: Sequence[str] | None = None,
         num_classes: int | None = None,
+        unreadable: dict[int, str] | None = None,
     ):
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(np.ascontiguousarray(images))
@@ -141,6 +143,9 @@ class InMemoryDataset(ClusterDataset):
         if labels.shape[0] != n:
             raise ValueError(f"{name}: {n} images but {labels.shape[0]} labels")
         self.images = images.contiguous()
+        #: index -> why the file could not be read, for images decoded from files (their rows are blank):
+        #: the engine leaves them out of training as it does for a dataset read from disk.
+        self.unreadable = dict(unreadable or {})
         self._init_meta(
             name=name,
             labels=labels,
@@ -154,7 +159,10 @@ class InMemoryDataset(ClusterDataset):
         index = int(index)
         if index < 0:
             index += len(self)
-        return self.images[index], int(self.labels[index]), index
+        return self.images[index], UNREADABLE if index in self.unreadable else int(self.labels[index]), index
+
+    def describe_unreadable(self, index: int) -> str:
+        return self.unreadable.get(index, f"item {index} could not be read")
 
 
 def _resize_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -226,15 +234,22 @@ class FolderDataset(ClusterDataset):
             self._transform = v2.Compose([v2.Resize(max(h, w), antialias=True), v2.CenterCrop((h, w))])
         return self._transform
 
-    def load_image(self, path: str) -> torch.Tensor:
+    def _open(self, index: int) -> str | BinaryIO:
+        """What PIL opens for item ``index``: its file (a subclass may hand over bytes from an archive)."""
+        return self.paths[index]
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """Item ``index`` decoded, converted and resized (a DatasetError naming the file if it cannot be read)."""
         from PIL import Image
         from torchvision.transforms.v2.functional import pil_to_tensor
 
+        source = self._open(index)
         try:
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img = img.convert("L" if self.channels == 1 else "RGB")
         except (OSError, ValueError) as exc:
-            raise DatasetError(f"{self.name}: cannot read image file {path}: {exc}") from exc
+            reason = str(exc) if isinstance(source, str) else str(exc).replace(f" {source!r}", "")
+            raise DatasetError(f"{self.name}: cannot read image file {self.paths[index]}: {reason}") from exc
         tensor = pil_to_tensor(img)
         if tuple(tensor.shape[-2:]) != self.image_size:
             tensor = self._get_transform()(tensor)
@@ -247,7 +262,7 @@ class FolderDataset(ClusterDataset):
         if index < 0:
             index += len(self)
         try:
-            image = self.load_image(self.paths[index])
+            image = self.load_image(index)
         except DatasetError:
             h, w = self.image_size
             return torch.zeros((self.channels, h, w), dtype=torch.uint8), UNREADABLE, index
@@ -256,20 +271,31 @@ class FolderDataset(ClusterDataset):
     def describe_unreadable(self, index: int) -> str:
         """Why item ``index`` cannot be read (the path and the decoder's message)."""
         try:
-            self.load_image(self.paths[index])
+            self.load_image(index)
         except DatasetError as exc:
             return str(exc)
         return f"{self.paths[index]} could not be read"
 
+    def decoded_bytes(self) -> int:
+        """Bytes the decoded uint8 images would take in memory (``data.in_memory = "auto"`` compares it)."""
+        h, w = self.image_size
+        return len(self) * self.channels * h * w
+
     def to_memory(self, num_workers: int = 0, batch_size: int = 256) -> InMemoryDataset:
-        """Decode every image into one :class:`InMemoryDataset` (for small folder datasets)."""
-        loader = torch.utils.data.DataLoader(self, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+        """Decode every image once, in ``num_workers`` DataLoader workers, into one :class:`InMemoryDataset`;
+        an unreadable file keeps a blank row and its reason (``InMemoryDataset.unreadable``)."""
+        # its own generator, so that decoding draws nothing from the run's seeded global RNG
+        loader = torch.utils.data.DataLoader(self, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                                             generator=torch.Generator().manual_seed(0))
         h, w = self.image_size
         images = torch.empty((len(self), self.channels, h, w), dtype=torch.uint8)
-        for batch, _, idx in loader:
+        bad: list[int] = []
+        for batch, item_labels, idx in loader:
             images[idx] = batch
+            bad.extend(idx[item_labels == UNREADABLE].tolist())
         return InMemoryDataset(
-            images, self.labels.copy(), name=self.name, class_names=self.class_names, num_classes=self.num_classes
+            images, self.labels.copy(), name=self.name, class_names=self.class_names, num_classes=self.num_classes,
+            unreadable={i: self.describe_unreadable(i) for i in bad},
         )
 
     def __getstate__(self):

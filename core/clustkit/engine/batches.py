@@ -41,6 +41,13 @@ class BatchSource:
         self.labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
         self.max_unreadable = max_unreadable
         self.unreadable: dict[int, str] = {}  # index -> why it could not be read
+        # Files decoded into memory (data.in_memory) keep their unreadable ones as blank rows:
+        # the per-item labels that mark them, so both paths leave them out alike.
+        known_bad = getattr(dataset, "unreadable", None) if self.images is not None else None
+        self.item_labels: torch.Tensor | None = None
+        if known_bad:
+            self.item_labels = self.labels.clone()
+            self.item_labels[list(known_bad)] = UNREADABLE
 
     def _note_unreadable(self, indices: list[int]) -> None:
         """Report each unreadable item once; stop when too large a share of the dataset is."""
@@ -81,6 +88,8 @@ class BatchSource:
 
     def _fetch(self, idx: torch.Tensor, train: bool) -> Batch | None:
         if self.images is not None:
+            if self.item_labels is not None:
+                return self._batch(self.images[idx], self.item_labels[idx], idx, train)
             return self._to_device(self.images[idx], idx)
         items = [self.dataset[int(i)] for i in idx]
         imgs = torch.stack([it[0] for it in items])
@@ -104,8 +113,11 @@ class BatchSource:
         from torch.utils.data import DataLoader
 
         batches = [c.tensor_split(world)[rank].tolist() for c in chunks]
+        # Its own generator: a DataLoader seeds its workers with a draw from the global RNG otherwise,
+        # which would shift the views' random stream (a run read from disk must equal one from memory).
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            generator=torch.Generator().manual_seed(self.seed))
         for imgs, item_labels, idx in loader:
             if (b := self._batch(imgs, item_labels, idx, train)) is not None:
                 yield b

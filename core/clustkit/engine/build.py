@@ -9,6 +9,7 @@ the feature size after the backbone, the view names after the view generator).
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import replace
@@ -21,6 +22,7 @@ import torch
 from rich.console import Console
 
 from clustkit import dist
+from clustkit.data.memory import auto_workers
 from clustkit.engine.batches import BatchSource, steps_per_epoch
 from clustkit.engine.checkpoint import RESUMABLE_KEYS, Checkpointer
 from clustkit.engine.context import BuildContext, RunContext
@@ -34,11 +36,19 @@ from clustkit.recipe.schema import Recipe
 
 
 def pick_device(name: str) -> torch.device:
+    """The run's device. Under torchrun, ``cuda`` (or ``auto`` on a GPU machine) means this process's
+    own GPU, ``cuda:$LOCAL_RANK``: every node numbers its processes from 0, so the global rank would
+    name GPUs a node does not have."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"run.device is {name!r} but no CUDA GPU is visible; use device = \"auto\" or \"cpu\".")
-    return torch.device(name)
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # NCCL and the default CUDA stream follow the current device
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -62,8 +72,11 @@ def build_component(registry: Registry, kind: str, cfg: Any, ctx: BuildContext) 
 def batch_source(recipe: Recipe, dataset: Any, seed: int, device: torch.device) -> BatchSource:
     """Batches of ``dataset`` as ``[run]`` sets them (the global batch split over ranks)."""
     run = recipe.run
+    workers = run.num_workers
+    if workers == "auto":
+        workers = auto_workers(in_memory=getattr(dataset, "images", None) is not None)
     return BatchSource(dataset, run.batch_size // dist.world_size() * dist.world_size(), run.eval_batch_size,
-                       run.drop_last, seed, device, run.num_workers, run.max_unreadable)
+                       run.drop_last, seed, device, workers, run.max_unreadable)
 
 
 def build_data(recipe: Recipe, registry: Registry, ctx: BuildContext) -> tuple[Any, dict[str, BatchSource], BuildContext]:

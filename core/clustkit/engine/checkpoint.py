@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 #: Recipe keys a resumed run may change.
 RESUMABLE_KEYS = ("run.epochs", "run.eval_every", "run.checkpoint_every", "run.report",
-                  "run.tensorboard", "run.select")
+                  "run.tensorboard", "run.select", "run.num_workers", "data.in_memory")
 
 
 def rng_state() -> dict[str, Any]:

@@ -116,6 +116,7 @@ class RunContext:
     assignment: dict[str, Any] = field(default_factory=dict)  # how the finished run assigns new images
     wall_before: float = 0.0          # seconds spent by earlier invocations (resume)
     started: float = field(default_factory=time.perf_counter)
+    _grouping_shards: bool = field(default=False, init=False, repr=False)  # behind grouping_shards
 
     def __post_init__(self, momentum: Network | None) -> None:
         self._momentum = momentum
@@ -197,22 +198,70 @@ class RunContext:
     def extract(self, head: str | None = None, *, momentum: bool = False,
                 indices: Any = None, source: BatchSource | None = None) -> torch.Tensor:
         """Features (backbone, or head ``head``) of every item (or of ``indices``, in that order)
-        of ``[data]`` (or of ``source``) on the evaluation view, on the CPU. Used by evaluators,
-        per-epoch clustering, second stages, the report and ``clustkit predict``."""
+        of ``[data]`` (or of ``source``) on the evaluation view, on the CPU, on every rank. Used by
+        evaluators, per-epoch clustering, second stages, the report and ``clustkit predict``.
+        In a multi-process run each rank computes its shard (:meth:`extract_shard`) and the
+        shards are all-gathered: the work is split, the result the same."""
         space = "backbone" if head is None else head
         return self.extract_spaces([space], momentum=momentum, indices=indices, source=source)[space]
 
-    @torch.no_grad()
+    def extract_shard(self, head: str | None = None, *, momentum: bool = False, indices: Any = None,
+                      source: BatchSource | None = None) -> tuple[torch.Tensor, range]:
+        """:meth:`extract` for this rank's contiguous slice of the items only: ``(features, rows)``,
+        ``rows`` the slice's positions in the item order (every item, or ``indices``). Every rank
+        must call it. On one process the slice is everything. Pass both to :meth:`group` (or
+        to ``clustkit.cluster.sharded``) so no rank holds the whole feature matrix."""
+        space = "backbone" if head is None else head
+        feats, rows = self.extract_spaces_shard([space], momentum=momentum, indices=indices, source=source)
+        return feats[space], rows
+
     def extract_spaces(self, spaces: list[str], *, momentum: bool = False, indices: Any = None,
                        source: BatchSource | None = None) -> dict[str, torch.Tensor]:
         """:meth:`extract` for several spaces ("backbone" or a head's name) in one pass over the
         data: what the run's candidate clusterings and ``clustkit evaluate`` read."""
+        feats, _ = self.extract_spaces_shard(spaces, momentum=momentum, indices=indices, source=source)
+        if self.world_size == 1:
+            return feats
+        src = source or self.source
+        sizes = [len(r) for r in _item_shards(_n_items(src, indices), src.eval_batch_size, self.world_size)]
+        return {s: dist.all_gather_rows(t, sizes) for s, t in feats.items()}
+
+    def extract_spaces_shard(self, spaces: list[str], *, momentum: bool = False, indices: Any = None,
+                             source: BatchSource | None = None) -> tuple[dict[str, torch.Tensor], range]:
+        """:meth:`extract_shard` for several spaces in one pass: ``({space: features}, rows)``.
+
+        A rank's slice is made of whole evaluation batches (single items when there are fewer
+        batches than ranks), so each rank runs exactly the batches one process would. Unreadable
+        items keep their blank rows; afterwards every rank knows every rank's unreadable items
+        (``source.unreadable``), as when each rank read them all."""
+        src = source or self.source
+        world = self.world_size
+        if world == 1:
+            return self._forward(spaces, momentum, indices, src), range(_n_items(src, indices))
+        order = np.arange(src.n) if indices is None else np.asarray(indices)
+        rows = _item_shards(len(order), src.eval_batch_size, world)[self.rank]
+        # fewer items than ranks: every rank runs them all (a handful) and keeps its slice
+        local = order if len(order) < world else order[rows.start:rows.stop]
+        failure: BaseException | None = None
+        feats: dict[str, torch.Tensor] = {}
+        try:
+            feats = self._forward(spaces, momentum, local, src)
+        except Exception as err:  # the other ranks must hear of it, not wait for this one
+            failure = err
+        self._share_unreadable(src, failure)
+        if len(order) < world:
+            feats = {s: t[rows.start:rows.stop] for s, t in feats.items()}
+        return feats, rows
+
+    @torch.no_grad()
+    def _forward(self, spaces: list[str], momentum: bool, indices: Any, source: BatchSource) -> dict[str, torch.Tensor]:
+        """The network on the evaluation view of ``indices`` (None: every item), in order, on the CPU."""
         net = self.momentum_model if momentum else self.model
         was_training = net.training
         net.eval()
         parts: dict[str, list[torch.Tensor]] = {s: [] for s in spaces}
         try:
-            for x, _, _ in (source or self.source).eval_batches(indices):
+            for x, _, _ in source.eval_batches(indices):
                 view = self.hook.make_views(images=x, train=False, ctx=self)["eval"]
                 with self.autocast():
                     f = net.features(view)
@@ -221,6 +270,20 @@ class RunContext:
         finally:
             net.train(was_training)
         return {s: torch.cat(p) for s, p in parts.items()}
+
+    @staticmethod
+    def _share_unreadable(source: BatchSource, failure: BaseException | None) -> None:
+        """After a sharded pass: every rank's unreadable items are noted on every rank (reported,
+        and the run stopped past ``run.max_unreadable``), then a rank's failure stops every rank."""
+        seen = dist.all_gather_object((sorted(source.unreadable), failure is not None))
+        others = sorted({i for part, _ in seen for i in part} - set(source.unreadable))
+        if others:
+            source._note_unreadable(others)
+        if failure is not None:
+            raise failure
+        failed = [r for r, (_, f) in enumerate(seen) if f]
+        if failed:
+            raise RuntimeError(f"rank(s) {failed} failed while extracting features (their error is above)")
 
     def clustering(self, *, select: bool = False, exclude: tuple[str, ...] = ()) -> tuple[Prediction, str]:
         """The run's current clustering and its name: the evaluation (the recipe's evaluator, or
@@ -237,18 +300,74 @@ class RunContext:
         chosen, record = choose(self, pred, sample_features(self), exclude=exclude)
         return chosen, record["selection"]["chosen"]
 
+    @property
+    def grouping_shards(self) -> bool:
+        """True while :meth:`group` hands each rank only its shard of the rows: a grouper that
+        ``accepts_shards`` must then cluster them together with the other ranks."""
+        return self._grouping_shards
+
     def group(self, features: Any, n_groups: int | None = None, *, spherical: bool = False,
-              seed: int | None = None, n_init: int | None = None) -> Any:
-        """Cluster features through the ``assign_groups`` hook (the recipe's ``[grouping]``), on
-        rank 0, and share the result with every rank."""
-        if isinstance(features, torch.Tensor) and not bool(torch.isfinite(features).all()):
-            raise RunDiverged(f"the features to cluster became non-finite at epoch {self.epoch} (step {self.step}): the "
-                              "network has diverged. Lower optimizer.lr and resume from the last good checkpoint.")
+              seed: int | None = None, n_init: int | None = None, rows: range | None = None) -> Any:
+        """Cluster features through the ``assign_groups`` hook (the recipe's ``[grouping]``); every
+        rank gets the result, with the labels of all N rows.
+
+        ``features`` is the whole N x D matrix, the same on every rank, or with ``rows`` this
+        rank's rows of it (:meth:`extract_shard`). In a multi-process run whose groupers all
+        ``accepts_shards`` (the built-in k-means does), every rank passes its shard (sliced here
+        from a whole matrix) and the ranks cluster together (``sharded_kmeans``), then the labels
+        are all-gathered; otherwise the shards are all-gathered, rank 0 clusters and broadcasts."""
+        n_groups = n_groups or self.n_clusters
+        seed = self.seed if seed is None else seed
+        if self.world_size > 1 and self._groupers_accept_shards():
+            if rows is None:
+                mine = dist.shard_range(len(features))
+                features = features[mine.start:mine.stop]
+            self._check_finite(features, collective=True)
+            self._grouping_shards = True
+            try:
+                result = self._assign_groups(features, n_groups, spherical, seed, n_init)
+            finally:
+                self._grouping_shards = False
+            if not hasattr(result, "gathered"):
+                raise TypeError(f"a grouper that accepts_shards returned {type(result).__name__}; it must return "
+                                "a result whose gathered() all-gathers the labels (clustkit.cluster.sharded)")
+            return result.gathered()
+        if rows is not None and self.world_size > 1:
+            local = torch.as_tensor(features)
+            features = dist.all_gather_rows(local, dist.all_gather_sizes(len(local)))
+        self._check_finite(features)
         result = None
         if self.is_main:
-            result = self.hook.assign_groups(features=features, n_groups=n_groups or self.n_clusters,
-                                             spherical=spherical, seed=self.seed if seed is None else seed,
-                                             n_init=n_init, ctx=self)
-            if result is None:
-                raise RuntimeError("no grouping component answered assign_groups; add a [grouping] section")
+            result = self._assign_groups(features, n_groups, spherical, seed, n_init)
         return dist.broadcast_object(result)
+
+    def _groupers_accept_shards(self) -> bool:
+        impls = self.pm.hook.assign_groups.get_hookimpls()
+        return bool(impls) and all(getattr(impl.plugin, "accepts_shards", False) for impl in impls)
+
+    def _assign_groups(self, features: Any, n_groups: int, spherical: bool, seed: int, n_init: int | None) -> Any:
+        result = self.hook.assign_groups(features=features, n_groups=n_groups, spherical=spherical, seed=seed,
+                                         n_init=n_init, ctx=self)
+        if result is None:
+            raise RuntimeError("no grouping component answered assign_groups; add a [grouping] section")
+        return result
+
+    def _check_finite(self, features: Any, collective: bool = False) -> None:
+        """Stop a diverged run (non-finite features) on every rank at once."""
+        bad = isinstance(features, torch.Tensor) and not bool(torch.isfinite(features).all())
+        if collective:
+            bad = bool(dist.all_reduce_sum(torch.tensor([float(bad)])).item())
+        if bad:
+            raise RunDiverged(f"the features to cluster became non-finite at epoch {self.epoch} (step {self.step}): the "
+                              "network has diverged. Lower optimizer.lr and resume from the last good checkpoint.")
+
+
+def _n_items(source: BatchSource, indices: Any) -> int:
+    return source.n if indices is None else len(np.asarray(indices))
+
+
+def _item_shards(n: int, batch: int, world: int) -> list[range]:
+    """The contiguous items each rank extracts: whole evaluation batches of ``batch`` items, so
+    each rank's batches are those of one process, or single items with fewer batches than ranks."""
+    align = batch if -(-n // batch) >= world else 1
+    return [dist.shard_range(n, align=align, world=world, of_rank=r) for r in range(world)]

@@ -27,7 +27,9 @@ class RunSection(_Strict):
     eval_batch_size: int = Field(512, ge=1)
     drop_last: bool = True
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader workers decoding image files read from disk; 'auto': none for images in "
+        "memory, else one per CPU of this process (at most 8)")
     n_clusters: int | None = Field(None, ge=2)
     eval_every: int = Field(0, ge=0, description="epochs between evaluations; 0 = only at the end")
     checkpoint_every: int = Field(10, ge=1)
