@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -126,3 +127,21 @@ def test_two_torchrun_nodes_with_a_resume_equal_one_node(tmp_path: Path) -> None
     curves = [[(m["epoch"], m["losses"]) for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
               for d in (single, multi)]
     assert [e for e, _ in curves[1]] == [1, 2, 3] and curves[0] == curves[1]  # the gathered losses, exactly
+
+
+@pytest.mark.parametrize("method, overrides", [
+    ("digpro", ["run.epochs=2"]),  # per-epoch E-step and the k-means evaluation through the sharded ctx.group
+    ("iciclegcn", ["run.epochs=1", "refine.gcn.iterations=20"]),  # kNN graphs with the queries split over ranks
+])
+def test_whole_dataset_steps_run_sharded_under_torchrun(method: str, overrides: list[str], tmp_path: Path) -> None:
+    """The methods whose steps read every feature (k-means, kNN graphs) finish a two-process run: every
+    rank takes part in each collective of the sharded paths, in the same order."""
+    out = tmp_path / method
+    sets = [a for o in [*overrides, "run.report=false"] for a in ("--set", o)]
+    result = subprocess.run(_torchrun("--standalone", "--nproc-per-node", "2", clustkit_exe(), "run", method,
+                                      "--out", str(out), *sets),
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["n_clusters_used"] >= 2
+    assert len((out / "assignments.csv").read_text().splitlines()) == 1798
