@@ -77,29 +77,43 @@ def _shard_paths(root: str, split: str) -> list[Path]:
 
 
 def _scan(shard: Path) -> list[tuple[str, int, int, int]]:
-    """(key, data offset, size, label or -1) of every sample with an image in ``shard``, in tar order."""
-    samples: dict[str, list] = {}
+    """(key, data offset, size, label or -1) of every sample with an image in ``shard``, in tar order.
+
+    Only the headers are parsed while walking the tar; the small ``.cls`` members are read afterwards
+    by position, through one descriptor."""
+    samples: dict[str, list] = {}  # key -> [image offset, image size, (.cls offset, size) or None]
     try:
         with tarfile.open(shard, "r:") as tf:
             for m in tf:
                 if not m.isfile():
                     continue
                 key, ext = _sample_key(m.name)
-                entry = samples.setdefault(key, [None, 0, -1])
+                entry = samples.setdefault(key, [None, 0, None])
                 if f".{ext}" in IMG_EXTENSIONS and entry[0] is None:
                     entry[0], entry[1] = m.offset_data, m.size
                 elif ext == "cls":
-                    data = tf.extractfile(m)
-                    text = data.read().decode("utf-8", "replace").strip() if data else ""
-                    try:
-                        entry[2] = int(text)
-                    except ValueError:
-                        raise DatasetError(f"dataset 'webdataset': {shard}:{m.name} holds {text[:40]!r}, not an integer "
-                                           "class index.") from None
+                    entry[2] = (m.offset_data, m.size, m.name)
     except tarfile.ReadError as exc:
         raise DatasetError(f"dataset 'webdataset': {shard} is not an uncompressed tar file ({exc}); shards are read "
                            f"by random access, so compressed (.tar.gz) shards must be unpacked. Expected {EXPECTED}.") from None
-    return [(k, e[0], e[1], e[2]) for k, e in samples.items() if e[0] is not None]
+    out = []
+    fd = os.open(shard, os.O_RDONLY)
+    try:
+        for key, (off, size, cls) in samples.items():
+            if off is None:
+                continue
+            label = -1
+            if cls is not None:
+                text = os.pread(fd, cls[1], cls[0]).decode("utf-8", "replace").strip()
+                try:
+                    label = int(text)
+                except ValueError:
+                    raise DatasetError(f"dataset 'webdataset': {shard}:{cls[2]} holds {text[:40]!r}, not an integer "
+                                       "class index.") from None
+            out.append((key, off, size, label))
+    finally:
+        os.close(fd)
+    return out
 
 
 class TarShardDataset(FolderDataset):
