@@ -86,3 +86,25 @@ def test_every_shipped_recipe_validates(recipe: str, plugin_set) -> None:
     ps = plugin_set()
     loaded = load(REPO / recipe, ps.registry, installed_plugins=list(ps.info))
     assert loaded.components
+
+
+def test_an_unknown_key_in_an_optional_table_is_named_in_full() -> None:
+    """`X | None` holding a model is that model, not a union whose member tags pydantic puts in the
+    location: the error names `bench.slurm.partitio`, not `bench.slurm`."""
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from clustkit.recipe.errors import validation_error
+
+    class Inner(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        partition: str | None = None
+
+    class Outer(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        slurm: Inner | None = None
+
+    try:
+        Outer.model_validate({"slurm": {"partitio": "gpu"}})
+    except ValidationError as exc:
+        err = validation_error("bench.toml", exc, Outer, "bench")
+    assert "'bench.slurm.partitio'" in str(err) and "partition" in str(err)

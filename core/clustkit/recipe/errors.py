@@ -36,7 +36,8 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[Any]]
             nodes = [a for m in models if part in m.model_fields for a in _members(m.model_fields[part].annotation)]
             continue
         named = [n for n in nodes if getattr(n, "__name__", None) == part or str(n) == part]
-        if isinstance(part, str) and (named or len(nodes) > 1) and not any(typing.get_origin(n) is dict for n in nodes):
+        alternatives = [n for n in nodes if n is not type(None)]  # `Model | None` is one model, not a union of tags
+        if isinstance(part, str) and (named or len(alternatives) > 1) and not any(typing.get_origin(n) is dict for n in nodes):
             nodes = named or nodes  # a union member's tag, not a key
             continue
         if isinstance(part, int):
