@@ -151,11 +151,8 @@ class TarShardDataset(FolderDataset):
                     pass
 
 
-def load_webdataset(root=None, *, image_size=None, split="all", channels=3) -> TarShardDataset:
-    """WebDataset tar shards (see the module docstring); labels from ``.cls`` members, else unlabelled."""
-    if root is None or str(root) == "":
-        check_root("webdataset", root, EXPECTED)
-    shards = _shard_paths(str(root), split)
+def _index(shards: list[Path]) -> tuple[list[int], list[int], list[int], list[str], list[int]]:
+    """(offsets, sizes, shard numbers, names, labels) of every sample of ``shards``, in order."""
     offsets, sizes, shard_of, names, labels = [], [], [], [], []
     for i, shard in enumerate(shards):
         for key, off, size, label in _scan(shard):
@@ -164,6 +161,34 @@ def load_webdataset(root=None, *, image_size=None, split="all", channels=3) -> T
             shard_of.append(i)
             names.append(f"{shard}:{key}")
             labels.append(label)
+    return offsets, sizes, shard_of, names, labels
+
+
+def _index_once(shards: list[Path]) -> tuple[list[int], list[int], list[int], list[str], list[int]]:
+    """:func:`_index`, scanned by rank 0 only in a multi-process run and sent to the other ranks (the
+    same shards on a shared filesystem: one scan instead of one per process); a scan error stops every rank."""
+    from clustkit import dist
+
+    if not dist.is_distributed():
+        return _index(shards)
+    found: tuple[str, object] | None = None
+    if dist.is_main():
+        try:
+            found = ("index", _index(shards))
+        except DatasetError as exc:
+            found = ("error", str(exc))
+    kind, value = dist.broadcast_object(found)
+    if kind == "error":
+        raise DatasetError(str(value))
+    return value  # type: ignore[return-value]
+
+
+def load_webdataset(root=None, *, image_size=None, split="all", channels=3) -> TarShardDataset:
+    """WebDataset tar shards (see the module docstring); labels from ``.cls`` members, else unlabelled."""
+    if root is None or str(root) == "":
+        check_root("webdataset", root, EXPECTED)
+    shards = _shard_paths(str(root), split)
+    offsets, sizes, shard_of, names, labels = _index_once(shards)
     if not names:
         raise DatasetError(f"dataset 'webdataset': the {len(shards)} shard(s) of {root} hold no images. "
                            f"Expected {EXPECTED}.")
