@@ -49,7 +49,7 @@ class BatchSource:
             self.item_labels = self.labels.clone()
             self.item_labels[list(known_bad)] = UNREADABLE
 
-    def _note_unreadable(self, indices: list[int]) -> None:
+    def note_unreadable(self, indices: list[int]) -> None:
         """Report each unreadable item once; stop when too large a share of the dataset is."""
         describe = getattr(self.dataset, "describe_unreadable", None)
         for i in indices:
@@ -67,7 +67,7 @@ class BatchSource:
         """Move one batch to the device, leaving unreadable items out of training batches."""
         bad = item_labels == UNREADABLE
         if bool(bad.any()):  # a CPU tensor: no device sync
-            self._note_unreadable(idx[bad].tolist())
+            self.note_unreadable(idx[bad].tolist())
             if train:
                 imgs, idx = imgs[~bad], idx[~bad]
                 if len(idx) < 2:

@@ -278,7 +278,7 @@ class RunContext:
         seen = dist.all_gather_object((sorted(source.unreadable), failure is not None))
         others = sorted({i for part, _ in seen for i in part} - set(source.unreadable))
         if others:
-            source._note_unreadable(others)
+            source.note_unreadable(others)
         if failure is not None:
             raise failure
         failed = [r for r, (_, f) in enumerate(seen) if f]
