@@ -102,7 +102,7 @@ def bench(
              "Default: the bench file's executor, else local."),
     executor_option: list[str] = typer.Option(
         [], "--executor-option", metavar="KEY=VALUE",
-        help="A setting of --executor slurm or ray (repeatable), as in [bench.slurm]/[bench.ray]: partition=gpu, "
+        help="A setting of --executor slurm or ray (repeatable), as in \\[bench.slurm] / \\[bench.ray]: partition=gpu, "
              "gpus_per_node=1, timeout_min=60, address=auto, num_gpus=1 (docs/bench.md)."),
 ) -> None:
     """Run recipes × override axes × seeds; tabulate mean ± std per cell (results.csv/json/md, results.png)."""
