@@ -169,8 +169,8 @@ class Executor:
                 _terminate(proc)
                 t.status, t.error = "failed", f"timed out after {self.timeout:g} s (--timeout)"
                 return
-            except KeyboardInterrupt:  # this thread was interrupted (ray.cancel): the run must not outlive it
-                _terminate(proc)
+            except BaseException:  # interrupted (ray.cancel), or the job is ending (a Slurm job's signal handler
+                _terminate(proc)   # exits): the run must not outlive it and race a later one in its folder
                 raise
             finally:
                 with self.lock:
