@@ -90,6 +90,19 @@ def clustkit_exe() -> str:
     return exe
 
 
+def torchrun_exe() -> str:
+    return shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"

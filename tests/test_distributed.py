@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +21,7 @@ import torch.multiprocessing as mp
 
 from clustkit import dist as cdist
 from clustkit.losses.contrast import cluster_contrast, nt_xent
-from conftest import clustkit_exe
+from conftest import clustkit_exe, free_port, torchrun_exe
 
 N, D, K = 12, 6, 4
 
@@ -52,15 +49,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         cdist.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_losses_and_gradients_equal_one_process(tmp_path: Path) -> None:
     world = 2
-    mp.start_processes(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True,
+    mp.start_processes(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True,
                        start_method="spawn")
     full = [t.clone().requires_grad_() for t in _data()]
     ref_loss = _losses(*full)
@@ -74,10 +65,9 @@ def test_two_process_losses_and_gradients_equal_one_process(tmp_path: Path) -> N
 
 
 def test_torchrun_two_processes_cli(tiny_recipe: Path, tmp_path: Path) -> None:
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", clustkit_exe(), "run", str(tiny_recipe),
+    result = subprocess.run([torchrun_exe(), "--standalone", "--nproc-per-node", "2", clustkit_exe(), "run", str(tiny_recipe),
                              "--out", str(out), "--set", "run.epochs=1"], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -87,14 +77,13 @@ def test_torchrun_two_processes_cli(tiny_recipe: Path, tmp_path: Path) -> None:
 
 
 def _torchrun(*args: str) -> list[str]:
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    return [torchrun, *args]
+    return [torchrun_exe(), *args]
 
 
 def _two_nodes(out: Path, *run_args: str) -> None:
     """Two torchrun "nodes" on this machine, one process each, meeting through a c10d rendezvous on
     127.0.0.1 (what `torchrun --nnodes 2` does across machines, docs/scale-out.md)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen(
         _torchrun("--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d",

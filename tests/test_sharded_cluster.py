@@ -13,7 +13,6 @@ over several devices is checked through its CPU twin. All 2-process checks share
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from clustkit.cluster.kmeans import faiss_flat_index, torch_kmeans
 from clustkit.cluster.neighbors import knn, knn_graph
 from clustkit.cluster.sharded import knn_across_ranks, sharded_kmeans, sharded_knn, sharded_knn_graph
 from clustkit.dist import RowShards, shard_range
-from conftest import TINY_CC
+from conftest import TINY_CC, free_port
 
 WORLD = 2
 N, D, K = 3000, 16, 10
@@ -138,17 +137,11 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         cdist.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     folder = tmp_path_factory.mktemp("sharded")
     os.environ["OMP_NUM_THREADS"] = "1"
-    mp.start_processes(_worker, args=(WORLD, _free_port(), str(folder)), nprocs=WORLD, join=True,
+    mp.start_processes(_worker, args=(WORLD, free_port(), str(folder)), nprocs=WORLD, join=True,
                        start_method="spawn")
     return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from clustkit.data import DatasetError, FolderDataset, InMemoryDataset, TarShardDataset, load_dataset
 from clustkit.data import memory
-from conftest import TINY_CC, clustkit_exe
+from conftest import TINY_CC, clustkit_exe, torchrun_exe
 
 webdataset = pytest.importorskip("webdataset")  # in the test extra: CI always has it
 
@@ -146,13 +146,9 @@ def test_the_shipped_webdataset_recipe_reads_its_shards(tmp_path: Path) -> None:
 def test_two_processes_read_the_shards_from_disk(tmp_path: Path) -> None:
     """Under torchrun rank 0 indexes the shards and sends the index to rank 1; both read their own
     share of each batch from disk in DataLoader workers."""
-    import shutil
-    import sys
-
     write_shards(tmp_path / "wds", 200)
     recipe = _tiny_shard_recipe(tmp_path, tmp_path / "wds")
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", clustkit_exe(), "run", str(recipe),
+    result = subprocess.run([torchrun_exe(), "--standalone", "--nproc-per-node", "2", clustkit_exe(), "run", str(recipe),
                              "--out", str(tmp_path / "run"), "--set", "data.in_memory=false", "--set",
                              "run.num_workers=1", "--set", "run.report=false"],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
