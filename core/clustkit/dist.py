@@ -45,9 +45,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started for this run (its ``WORLD_SIZE``; 1 without torchrun),
+    readable before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env(device_type: str) -> bool:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if is_distributed() or launched_world_size() <= 1:
         return is_distributed()
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
@@ -83,12 +89,14 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (for labels, indices, statistics)."""
+    """Concatenate ``x`` (the same shape on every rank) along dim 0 (for labels, indices,
+    statistics); through the communication device when ``x`` is elsewhere (a CPU tensor under NCCL)."""
     if not is_distributed() or world_size() == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    dev = _comm_device()
+    parts = [torch.empty(x.shape, dtype=x.dtype, device=dev) for _ in range(world_size())]
+    dist.all_gather(parts, x.to(dev).contiguous())
+    return torch.cat(parts, dim=0).to(x.device)
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
@@ -193,12 +201,7 @@ def broadcast_tensor(t: torch.Tensor, src: int) -> torch.Tensor:
 
 def all_gather_values(t: torch.Tensor) -> torch.Tensor:
     """``world x *t.shape``: every rank's small tensor ``t`` (same shape everywhere), in rank order."""
-    if not is_distributed() or world_size() == 1:
-        return t[None]
-    dev = _comm_device()
-    parts = [torch.empty(t.shape, dtype=t.dtype, device=dev) for _ in range(world_size())]
-    dist.all_gather(parts, t.to(dev).contiguous())
-    return torch.stack(parts).to(t.device)
+    return gather_no_grad(t[None])
 
 
 def all_gather_sizes(n_local: int) -> list[int]:

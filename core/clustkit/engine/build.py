@@ -43,7 +43,7 @@ def pick_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"run.device is {name!r} but no CUDA GPU is visible; use device = \"auto\" or \"cpu\".")
-    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if name == "cuda" and dist.launched_world_size() > 1:
         name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     device = torch.device(name)
     if device.type == "cuda" and device.index is not None:
