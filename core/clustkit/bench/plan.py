@@ -90,7 +90,6 @@ class BenchSection(_Strict):
     axes: list[AxisEntry] = Field(default_factory=list, description="[[bench.axes]] tables, after the grid axes")
     executor: ExecutorName | None = Field(None, description="where the runs execute (default local); --executor "
                                           "replaces it")
-    # not Optional: the error formatter would take a key under an Optional table for a union's tag
     slurm: SlurmSettings = Field(default_factory=SlurmSettings, description="[bench.slurm]: sbatch parameters "
                                  "of executor slurm")
     ray: RaySettings = Field(default_factory=RaySettings, description="[bench.ray]: cluster and resources of "

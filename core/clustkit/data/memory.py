@@ -70,5 +70,5 @@ def place(ds: ClusterDataset, in_memory: InMemory, key: str) -> ClusterDataset:
                   f"memory available to each process ({_gb(budget / AUTO_SHARE)}); they are decoded in DataLoader "
                   "workers every epoch (data.in_memory = true forces memory)", file=sys.stderr)
             return ds
-    return to_memory(num_workers=min(8, cpus_per_process()))
+    return to_memory(num_workers=auto_workers(in_memory=False))  # decoding them is a pass from disk
 

@@ -43,7 +43,9 @@ def _sample_key(member: str) -> tuple[str, str]:
 
 def _shard_paths(root: str, split: str) -> list[Path]:
     """The shard files ``root`` names, in order."""
-    if "{" in root:
+    brace = "{" in root
+    pattern = brace or any(c in root for c in "*?[")
+    if brace:
         try:
             from braceexpand import braceexpand
         except ImportError:
@@ -54,7 +56,7 @@ def _shard_paths(root: str, split: str) -> list[Path]:
         if missing:
             raise DatasetError(f"dataset 'webdataset': {len(missing)} shard(s) of {root} do not exist, e.g. "
                                f"{missing[0]}. Expected {EXPECTED}.")
-    elif any(c in root for c in "*?["):
+    elif pattern:
         found = [Path(p) for p in sorted(glob.glob(root))]
     else:
         base = check_root("webdataset", root, EXPECTED)
@@ -70,7 +72,7 @@ def _shard_paths(root: str, split: str) -> list[Path]:
             found = sorted(base.glob("*.tar")) or sorted(p for f in subs.values() for p in f.glob("*.tar"))
     if not found:
         raise DatasetError(f"dataset 'webdataset': no .tar shards match {root}. Expected {EXPECTED}.")
-    if split != "all" and ("{" in root or any(c in root for c in "*?[")):
+    if split != "all" and pattern:
         raise DatasetError("dataset 'webdataset': with a pattern in data.root the pattern picks the shards; "
                            f"leave data.split at \"all\" (it is '{split}').")
     return found
