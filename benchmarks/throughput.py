@@ -12,7 +12,15 @@ views and losses:
   with each method's own CIFAR views at 32 px (``CIFAR_RECIPES``: CC's weak views for CC, DCHL and
   IcicleGCN, SACC's weak + strong views, DigPro's SimCLR views), ``resnet`` depth 18, CIFAR stem;
 * ``cifar10_small``: the same with the CPU-budget ``small_cnn`` (width 32, out 256), where the
-  views are a large share of the step.
+  views are a large share of the step;
+* ``usps``: USPS (16×16 grey, 9,298 images from ``$CLUSTKIT_SHARED_DATA/usps``) through each
+  method's digits recipe unchanged (its ``small_cnn`` width 32 and views), the runs of
+  ``benchmarks/quality/usps.toml``.
+
+``--ceiling`` also times each row's model-only ceiling (the same run on one batch whose views
+were made once before timing: model, heads, losses and optimizer, no data fetch and no
+augmentation) and prints the step's share of it, so a row says how much of its step is data
+and augmentation and how much is the network.
 
 images/s counts dataset images per second (each image yields the method's 2–3 views). Peak
 memory is the process's peak RSS during the timed steps on CPU (reset before them through
@@ -49,7 +57,9 @@ INPUTS: dict[str, list[str]] = {
     "digits": ['backbone={name="small_cnn", width=64, out_dim=256}'],
     "cifar10": [*CIFAR, 'backbone={name="resnet", depth=18, stem="cifar"}'],
     "cifar10_small": [*CIFAR, 'backbone={name="small_cnn", width=32, out_dim=256}'],
+    "usps": ['data={name="usps", root="${CLUSTKIT_SHARED_DATA}/usps"}'],
 }
+SHARED = ("cifar10", "cifar10_small", "usps")     # inputs read from $CLUSTKIT_SHARED_DATA
 
 
 def comma_list(ap: argparse.ArgumentParser, text: str, allowed: Any, what: str) -> list[str]:
@@ -61,7 +71,7 @@ def comma_list(ap: argparse.ArgumentParser, text: str, allowed: Any, what: str) 
 
 
 def recipe_path(method: str, kind: str) -> Path:
-    return REPO / "recipes" / (f"{method}.toml" if kind == "digits" else CIFAR_RECIPES[method])
+    return REPO / "recipes" / (CIFAR_RECIPES[method] if kind.startswith("cifar10") else f"{method}.toml")
 
 
 def _trim() -> None:
@@ -184,28 +194,38 @@ def measure(method: str, kind: str, batch: int, args: argparse.Namespace, plugin
     path = recipe_path(method, kind)
     fitted = _fit_groups(path, batch)
     row = time_steps(path, [*INPUTS[kind], *fitted], batch, args, plugins)
+    if getattr(args, "ceiling", False):
+        ceiling = time_steps(path, [*INPUTS[kind], *fitted], batch, args, plugins, ready_views=True)
+        row["ceiling_images_per_s"] = ceiling["images_per_s"]
     return {"method": method, "input": kind, **row, "overrides": fitted}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     gpu = any(r.get("peak_gpu_mb") is not None for r in rows)
     mem_head = "peak GPU MB" if gpu else "peak RSS MB"
-    lines = [f"| method | input | backbone | batch | views | images/s | step ms (median) | {mem_head} |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    ceiling = any("ceiling_images_per_s" in r for r in rows)
+    extra = " ceiling images/s | share of ceiling |" if ceiling else ""
+    lines = [f"| method | input | backbone | batch | views | images/s | step ms (median) | {mem_head} |{extra}",
+             "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if ceiling else "")]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['input']} | – | {r['batch']} | – | failed: {r['error']} | – | – |")
+            lines.append(f"| {r['method']} | {r['input']} | – | {r['batch']} | – | failed: {r['error']} | – | – |"
+                         + (" – | – |" if ceiling else ""))
             continue
         mem = r["peak_gpu_mb"] if gpu else r["peak_rss_mb"]
-        lines.append(f"| {r['method']} | {r['input']} | {r['backbone']} | {r['batch']} | {r['views']} | "
-                     f"{r['images_per_s']:.0f} | {r['step_ms']:.0f} | {'–' if mem is None else f'{mem:.0f}'} |")
+        line = (f"| {r['method']} | {r['input']} | {r['backbone']} | {r['batch']} | {r['views']} | "
+                f"{r['images_per_s']:.0f} | {r['step_ms']:.0f} | {'–' if mem is None else f'{mem:.0f}'} |")
+        if ceiling:
+            top = r.get("ceiling_images_per_s")
+            line += f" {top:.0f} | {r['images_per_s'] / top:.2f} |" if top else " – | – |"
+        lines.append(line)
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", default=",".join(METHODS), help="subset of " + ",".join(METHODS))
-    ap.add_argument("--inputs", default="digits,cifar10", help="digits, cifar10 and/or cifar10_small")
+    ap.add_argument("--inputs", default="digits,cifar10", help="digits, cifar10, cifar10_small and/or usps")
     ap.add_argument("--batch-sizes", default="64,128,256")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -214,6 +234,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: PyTorch's default)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also time each row's model-only ceiling (views made once, reused) and print the share")
     ap.add_argument("--sync-each-step", action="store_true", help="GPU: synchronise after each step (per-step times)")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = ap.parse_args()
@@ -227,8 +249,8 @@ def main() -> None:
     plugins = get_plugins()
     methods = comma_list(ap, args.methods, METHODS, "methods")
     kinds = comma_list(ap, args.inputs, INPUTS, "inputs")
-    if any(k.startswith("cifar10") for k in kinds) and not os.environ.get("CLUSTKIT_SHARED_DATA"):
-        ap.error("the cifar10 inputs read $CLUSTKIT_SHARED_DATA/cifar-10-jpg: set CLUSTKIT_SHARED_DATA")
+    if any(k in SHARED for k in kinds) and not os.environ.get("CLUSTKIT_SHARED_DATA"):
+        ap.error(f"the inputs {', '.join(SHARED)} read $CLUSTKIT_SHARED_DATA: set CLUSTKIT_SHARED_DATA")
     rows: list[dict[str, Any]] = []
     for kind in kinds:
         for method in methods:

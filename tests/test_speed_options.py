@@ -69,3 +69,20 @@ def test_the_gpu_check_runs_every_part_in_smoke_mode_on_a_cpu(tmp_path: Path) ->
     assert "| 2 |" in report and "no epoch finished" not in report     # the budget run's second epoch
     for name in ("throughput-fp32", "throughput-bf16-cl", "vs_reference", "kmeans"):
         assert (out / f"{name}.json").is_file(), name
+
+
+def test_throughput_prints_each_rows_share_of_its_model_only_ceiling(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--methods", "cc,sacc",
+                             "--inputs", "digits", "--batch-sizes", "16", "--warmup", "0", "--steps", "1",
+                             "--threads", "1", "--ceiling", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "| ceiling images/s | share of ceiling |" in result.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["method"], r["views"]) for r in rows] == [("cc", 2), ("sacc", 3)]
+    for row in rows:
+        assert row["ceiling_images_per_s"] > 0
+        share = f"{row['images_per_s'] / row['ceiling_images_per_s']:.2f} |"
+        assert any(line.startswith(f"| {row['method']} | digits |") and line.endswith(share)
+                   for line in result.stdout.splitlines())
