@@ -4,6 +4,9 @@ cuts, is deterministic for a seed (resume equality), and works as a run's evalua
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +135,24 @@ def test_a_run_with_the_umap_evaluation(tmp_path: Path) -> None:
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     placed, _, _ = run.assign(feats)
     np.testing.assert_array_equal(placed, (unit @ means.T).argmax(1))
+
+
+def test_a_run_given_one_thread_keeps_one_after_its_umap_evaluation(tmp_path: Path) -> None:
+    """numba's OpenMP start-up during a UMAP embedding reset the process's thread count (torch's
+    included) to every core, so a run given one thread (bench --threads 1) trained on all of
+    them after its first UMAP evaluation. A fresh process: numba starts up once per process."""
+    (tmp_path / "tiny.toml").write_text(TINY_CC)
+    code = ("import sys, torch\n"
+            "torch.set_num_threads(1)\n"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            "from pathlib import Path\n"
+            "from conftest import run_recipe\n"
+            "from clustkit.plugin_system.manager import get_plugins\n"
+            f"run_recipe(Path({str(tmp_path / 'tiny.toml')!r}), get_plugins(), Path({str(tmp_path / 'run')!r}),\n"
+            "           overrides=[\"run.plugins=['manifold']\", 'evaluation={name=\"umap\", n_neighbors=10, n_init=2}',\n"
+            "                      'run.report=false'])\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"

@@ -4,7 +4,9 @@ report draws. umap-learn is imported on first use (numba's start-up costs second
 from __future__ import annotations
 
 import warnings
+
 import numpy as np
+import torch
 
 from clustkit.cluster.neighbors import knn
 from clustkit.cluster.rows import unit_rows
@@ -46,9 +48,16 @@ def embed(x: np.ndarray, n_components: int, n_neighbors: int, min_dist: float, m
     reducer = umap.UMAP(n_components=n_components, n_neighbors=idx.shape[1], min_dist=min_dist, metric=metric,
                         random_state=seed, n_jobs=1, init="spectral" if n > n_components + 1 else "random",
                         precomputed_knn=(idx, dist, None))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state": the point of the seed
-        return reducer.fit_transform(pts).astype(np.float64)
+    threads = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "n_jobs overridden by setting random_state": the point of the seed
+            return reducer.fit_transform(pts).astype(np.float64)
+    finally:
+        # numba's OpenMP start-up sets the process's OpenMP thread count to every core, torch's
+        # included: a run given one thread (bench --threads 1) would train on all of them after
+        # its first UMAP evaluation, and two such runs fight over the cores.
+        torch.set_num_threads(threads)
 
 
 def extend_by_neighbors(x: np.ndarray, fitted: np.ndarray, labels: np.ndarray, k: int, n_clusters: int,
