@@ -59,6 +59,61 @@ def test_items_outside_the_sample_take_their_neighbours_majority() -> None:
         assert got[i] == next(v for v in votes if votes.count(v) == best) and share[i] == best / 5
 
 
+def test_the_neighbour_vote_is_rounds_of_each_items_own_neighbours_majority() -> None:
+    from clustkit.cluster.manifold import neighbor_vote
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+    got, share = neighbor_vote(x, labels, 5, 2, 3, metric="euclidean")
+    want = labels.copy()
+    for _ in range(2):  # naive: each item's 5 nearest others (itself excluded), ties to the nearest tied vote
+        before = want.copy()
+        for i in range(40):
+            order = sorted((j for j in range(40) if j != i), key=lambda j: float(((x[i] - x[j]) ** 2).sum()))[:5]
+            votes = [int(before[j]) for j in order]
+            best = max(votes.count(c) for c in set(votes))
+            want[i] = next(v for v in votes if votes.count(v) == best)
+    np.testing.assert_array_equal(got, want)
+    assert ((share >= 0.2) & (share <= 1)).all()
+
+
+def test_the_vote_mends_items_placed_in_another_clusters_neighbourhood() -> None:
+    from clustkit.cluster.manifold import neighbor_vote
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.3, (100, 2)), rng.normal(5, 0.3, (100, 2))]).astype(np.float32)
+    truth = np.repeat([0, 1], 100)
+    wrong = truth.copy()
+    wrong[[3, 50, 120, 180]] = 1 - wrong[[3, 50, 120, 180]]
+    got, share = neighbor_vote(x, wrong, 10, 3, 2, metric="euclidean")
+    np.testing.assert_array_equal(got, truth)
+    assert share.min() >= 0.8
+
+
+@pytest.mark.slow
+def test_vote_k_turns_the_vote_on_in_the_evaluator(tmp_path: Path) -> None:
+    from clustkit.plugin_system.manager import get_plugins
+
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_CC)
+    summaries = {}
+    for vote in (0, 10):
+        out = tmp_path / f"vote{vote}"
+        run_recipe(recipe, get_plugins(), out, overrides=[
+            "run.plugins=['manifold']", f'evaluation={{name="umap", n_neighbors=10, n_init=2, fit_on=600, n_runs=1, vote_k={vote}}}',
+            'run.select="recipe"', "run.report=false"])
+        summaries[vote] = (json.loads((out / "summary.json").read_text()),
+                           np.loadtxt(out / "assignments.csv", delimiter=",", skiprows=1, usecols=1, dtype=np.int64))
+    from clustkit.cluster.manifold import neighbor_vote
+    from clustkit.trained.loaded import load_run
+
+    feats = load_run(tmp_path / "vote0").features("backbone")
+    want, _ = neighbor_vote(feats, summaries[0][1], 10, 3, 10)
+    np.testing.assert_array_equal(summaries[10][1], want)   # the same training: the vote on the unvoted labels
+    assert (want != summaries[0][1]).any()                   # and the vote changed some of them
+
+
 def test_the_consensus_run_is_the_one_that_agrees_most_with_the_others() -> None:
     from sklearn.metrics import normalized_mutual_info_score as nmi
 

@@ -39,6 +39,10 @@ class UMAPEvalConfig(ComponentConfig):
                                   "cluster of its extend_k nearest of them (None: all items; UMAP's time grows "
                                   "with N: about 4 minutes for 70,000 on one CPU thread)")
     extend_k: int = Field(10, ge=1, description="neighbours that vote for an item outside fit_on")
+    vote_k: int = Field(0, ge=0, description="after the clustering, every item takes the majority cluster of its "
+                                             "vote_k nearest items in the feature space, vote_rounds times (0: off); "
+                                             "mends what fit_on's extension from a sample got wrong")
+    vote_rounds: int = Field(3, ge=1, description="rounds of the vote_k neighbour vote")
 
 
 @hookimpl
