@@ -102,4 +102,3 @@ def majority(votes: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray
     best = counts.max(1, keepdims=True)
     tied = counts[rows[:, None], votes] == best  # the first tied-best vote is the nearest one
     return votes[rows, tied.argmax(1)], best[:, 0] / votes.shape[1]
-
