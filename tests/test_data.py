@@ -83,7 +83,7 @@ def jpeg_bytes(array: np.ndarray) -> bytes:
 
 
 def test_registry_and_errors(tmp_path):
-    assert {"digits", "mnist", "fashion_mnist", "usps", "coil20", "cifar10", "cifar100", "stl10",
+    assert {"digits", "mnist", "fashion_mnist", "kmnist", "usps", "coil20", "cifar10", "cifar100", "stl10",
             "image_folder", "imagenet10", "imagenet_dogs", "tiny_imagenet"} <= set(DATASETS)
     assert issubclass(DatasetError, ValueError)
     with pytest.raises(DatasetError, match="unknown dataset 'nope'.*mnist"):
@@ -148,8 +148,9 @@ def test_real_mnist():
     assert np.bincount(ds.labels).tolist()[:2] == [6903, 7877]
     assert abs(ds.images[:60000].float().mean().item() / 255 - 0.1307) < 1e-3  # torchvision's mean
     assert len(load_dataset("mnist", root=shared("mnist"), split="test")) == 10000
-    with pytest.raises(DatasetError, match="official mnist files"):
-        load_dataset("fashion_mnist", root=shared("mnist"))
+    for other in ("fashion_mnist", "kmnist"):
+        with pytest.raises(DatasetError, match="official mnist files"):
+            load_dataset(other, root=shared("mnist"))
 
 
 def test_real_usps():
@@ -258,6 +259,20 @@ def test_fashion_mnist_gz_layouts(tmp_path):
     # the MNIST folder of the torchvision layout is not mistaken for Fashion-MNIST
     with pytest.raises(DatasetError, match="no idx files"):
         load_dataset("mnist", root=tmp_path / "tv")
+
+
+def test_kmnist_torchvision_layout_matches_torchvision(tmp_path):
+    from torchvision.datasets import KMNIST
+
+    arrays = fabricate_mnist(tmp_path / "KMNIST" / "raw", gz=False, seed=2)
+    ds = load_dataset("kmnist", root=tmp_path)
+    check_contract(ds, 9, (1, 28, 28))
+    assert ds.name == "kmnist" and ds.class_names == KMNIST.classes
+    tv = KMNIST(str(tmp_path), train=True, download=False)
+    assert torch.equal(ds.images[: len(tv), 0], tv.data)
+    np.testing.assert_array_equal(ds.labels[len(tv):], arrays["t10k-labels-idx1-ubyte"])
+    with pytest.raises(DatasetError, match="no idx files"):  # not read from MNIST's folder name
+        load_dataset("mnist", root=tmp_path)
 
 
 def test_mnist_truncated_file(tmp_path):

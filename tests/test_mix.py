@@ -53,7 +53,7 @@ def test_disabling_dchl_leaves_sacc_working():
     assert cli("check", str(MIX), disable="dchl").returncode == 2
 
 
-CPU_BUDGET = ("usps", "mnist", "coil20", "fashion_mnist")  # small-CNN recipes, not the papers' settings
+CPU_BUDGET = ("usps", "mnist", "coil20", "fashion_mnist", "kmnist")  # small-CNN recipes, not the papers' settings
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(REPO).as_posix() for p in REPO.glob("recipes/*/*.toml")

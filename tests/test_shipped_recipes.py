@@ -162,3 +162,19 @@ def test_bench_takes_a_shipped_name_and_bench_files_may_name_them(tmp_path: Path
     bad = cli("bench", "bad.toml", "--dry-run", cwd=tmp_path)
     message = " ".join(bad.stderr.split())
     assert bad.returncode == 2 and "'bench.recipes[1]'" in message and "no recipe 'ccc'" in message
+
+
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "kmnist"])
+def test_other_28px_grey_recipes_are_mnists_with_data_swapped(dataset: str) -> None:
+    """Their headers say so, and nothing was tuned on them: only [data] and run.name may differ."""
+    import tomllib
+
+    def read(name: str) -> dict:
+        with open(REPO / "recipes" / name / "sacc.toml", "rb") as f:
+            recipe = tomllib.load(f)
+        recipe["run"].pop("name")
+        return recipe
+
+    mnist, other = read("mnist"), read(dataset)
+    assert other.pop("data")["name"] == dataset and mnist.pop("data")["name"] == "mnist"
+    assert other == mnist

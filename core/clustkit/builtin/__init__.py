@@ -15,8 +15,8 @@ from clustkit import ComponentConfig, HeadOrBackbone, HeadRef, Registry, hookimp
 from clustkit.nn.configs import TensorAffineConfig
 
 F = "clustkit.builtin.components:"
-DATASETS = ("digits", "mnist", "fashion_mnist", "usps", "coil20", "cifar10", "cifar100", "stl10", "image_folder",
-            "imagenet10", "imagenet_dogs", "tiny_imagenet", "webdataset")
+DATASETS = ("digits", "mnist", "fashion_mnist", "kmnist", "usps", "coil20", "cifar10", "cifar100", "stl10",
+            "image_folder", "imagenet10", "imagenet_dogs", "tiny_imagenet", "webdataset")
 
 
 class DatasetConfig(ComponentConfig):

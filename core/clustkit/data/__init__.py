@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 
 from .base import UNREADABLE, ClusterDataset, DatasetError, FolderDataset, InMemoryDataset
-from .arrays import load_coil20, load_digits, load_fashion_mnist, load_mnist, load_stl10, load_usps
+from .arrays import load_coil20, load_digits, load_fashion_mnist, load_kmnist, load_mnist, load_stl10, load_usps
 from .cifar import load_cifar10, load_cifar100
 from .folder import load_image_folder, load_imagenet10, load_imagenet_dogs, load_tiny_imagenet
 from .memory import InMemory, place
@@ -37,6 +37,7 @@ DATASETS: dict[str, Callable[..., ClusterDataset]] = {
     "digits": load_digits,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
+    "kmnist": load_kmnist,
     "usps": load_usps,
     "coil20": load_coil20,
     "cifar10": load_cifar10,

@@ -127,6 +127,7 @@ _MNIST_FILES = {
 _LABEL_MD5 = {
     "mnist": "d53e105ee54ea40749a09fcbcd1e9432",
     "fashion_mnist": "25c81989df183df01b3e8a0aad5dffbe",
+    "kmnist": "e144d726b3acfaa3e44228e80efcd344",
 }
 _MNIST_CLASSES = {
     "mnist": [str(i) for i in range(10)],
@@ -134,6 +135,8 @@ _MNIST_CLASSES = {
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     ],
+    # Kuzushiji-MNIST: one cursive hiragana per class, romanised as torchvision names them
+    "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
 }
 
 
@@ -166,10 +169,11 @@ def _load_mnist_like(dataset: str, tv_folder: str, root, image_size, split, chan
             f"dataset '{dataset}': no idx files found under {base} (looked in "
             f"{', '.join(str(c) for c in candidates)}). Expected {expected}"
         )
-    other = "fashion_mnist" if dataset == "mnist" else "mnist"
     lbl = _find_idx(folder, _MNIST_FILES[("train", "labels")])
     if lbl is not None and lbl.suffix == ".gz" and lbl.stat().st_size < 1 << 20:
-        if hashlib.md5(lbl.read_bytes()).hexdigest() == _LABEL_MD5[other]:
+        digest = hashlib.md5(lbl.read_bytes()).hexdigest()
+        other = next((k for k, v in _LABEL_MD5.items() if v == digest and k != dataset), None)
+        if other is not None:
             raise DatasetError(
                 f"dataset '{dataset}': the files in {folder} are the official {other} files, not "
                 f"{dataset}. Point the root at the {dataset} files (torchvision layout {tv_folder}/raw/)."
@@ -207,6 +211,11 @@ def load_mnist(root=None, *, image_size=None, split="all", channels=None) -> InM
 def load_fashion_mnist(root=None, *, image_size=None, split="all", channels=None) -> InMemoryDataset:
     """Fashion-MNIST, 70,000 28×28 grey: torchvision ``FashionMNIST/raw`` or the idx files."""
     return _load_mnist_like("fashion_mnist", "FashionMNIST", root, image_size, split, channels)
+
+
+def load_kmnist(root=None, *, image_size=None, split="all", channels=None) -> InMemoryDataset:
+    """Kuzushiji-MNIST, 70,000 28×28 grey: torchvision ``KMNIST/raw`` or the idx files."""
+    return _load_mnist_like("kmnist", "KMNIST", root, image_size, split, channels)
 
 
 # --------------------------------------------------------------------------- USPS
