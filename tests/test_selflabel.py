@@ -85,6 +85,24 @@ def test_after_cc_the_stage_trains_its_head_and_becomes_a_candidate(plugin_set, 
 
 
 @pytest.mark.slow
+def test_output_evaluation_reclusters_the_retrained_network_with_the_recipes_evaluation(plugin_set,
+                                                                                       tmp_path: Path) -> None:
+    from clustkit.trained.loaded import load_run
+
+    recipe = _tiny(tmp_path)
+    stage = [STAGE[0].replace("}", ', output="evaluation", backbone_lr_mult=1.0}')]
+    keep = ['run.select="recipe"']  # the output is the recipe's evaluation, not the label-free choice
+    run_recipe(recipe, plugin_set(), tmp_path / "before", keep)
+    summary = run_recipe(recipe, plugin_set(), tmp_path / "run", [*keep, *stage])
+    assert summary["selection"]["recipe"] == "argmax:cluster"  # TINY_CC's evaluation, not the stage's head
+    assert summary["selflabel_steps"] == 12 and "argmax:selflabel" in summary["candidates"]
+    run = load_run(tmp_path / "run")
+    labels = run.run_clusters()
+    np.testing.assert_array_equal(labels, run.features("cluster").argmax(1))  # of the network after the stage
+    assert not np.array_equal(labels, load_run(tmp_path / "before").run_clusters())
+
+
+@pytest.mark.slow
 def test_an_interrupted_stage_resumes_to_the_same_result(plugin_set, tmp_path: Path) -> None:
     recipe = _tiny(tmp_path)
     full = run_recipe(recipe, plugin_set(), tmp_path / "full", STAGE)
@@ -121,6 +139,25 @@ def test_after_digpro_the_stage_attaches_the_head_kmeans_runs_lack(plugin_set, t
     assert "kmeans:momentum/projector" in summary["candidates"]  # DigPro's own evaluation is still a candidate
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["selected"] == summary["selection"]["chosen"]
+
+
+@pytest.mark.slow
+def test_output_evaluation_gives_the_target_network_the_retrained_weights(plugin_set, tmp_path: Path) -> None:
+    """DigPro's evaluation reads its target network, which the stage does not train."""
+    tiny = ["run.epochs=2", "backbone.width=8", "backbone.out_dim=32", "heads.projector.hidden=32",
+            "heads.projector.out_dim=16", "heads.predictor.hidden=32"]
+    stage = [STAGE[0].replace("}", ', output="evaluation"}')]
+    summary = run_recipe(REPO / "recipes" / "digpro.toml", plugin_set(), tmp_path / "run", [*tiny, *stage])
+    assert summary["selection"]["recipe"] == "kmeans:momentum/projector"  # DigPro's evaluation, run again
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    online, target = state["model"], state["momentum_model"]
+    assert target and set(target) <= set(online)
+    for key, value in target.items():
+        torch.testing.assert_close(value, online[key])
+    head_only = run_recipe(REPO / "recipes" / "digpro.toml", plugin_set(), tmp_path / "head", [*tiny, *STAGE])
+    assert head_only["selection"]["recipe"] == "argmax:selflabel"
+    state = torch.load(tmp_path / "head" / "checkpoints" / "last.pt", weights_only=False)
+    assert any(not torch.equal(v, state["model"][k]) for k, v in state["momentum_model"].items())
 
 
 @pytest.mark.slow

@@ -137,6 +137,7 @@ def test_bad_inputs_exit_2_without_a_traceback(trained: dict[str, Path], tmp_pat
         ("predict", str(trained["argmax"]), str(trained["images"]), "--out", str(trained["argmax"] / "p.csv")),
         ("export", str(trained["argmax"]), "--features", "nohead", "--out", str(tmp_path / "e")),
         ("export", str(trained["argmax"]), "--format", "xls", "--out", str(tmp_path / "e")),
+        ("evaluate", str(trained["argmax"]), "--set", "heads.cluster.hidden=[7]", "--no-probes"),  # another network
     ]
     for args in cases:
         result = cli(*args)

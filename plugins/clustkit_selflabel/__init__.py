@@ -43,6 +43,10 @@ class SelfLabelConfig(ComponentConfig):
     backbone_lr_mult: float = Field(0.1, ge=0, description="lr multiplier of the backbone (0 freezes it); the "
                                                            "default 0.1 gives it SCAN's self-labelling lr, 1e-4")
     balance: bool = Field(True, description="weight the cross-entropy by inverse pseudo-label frequency (SCAN)")
+    output: Literal["head", "evaluation"] = Field(
+        "head", description="the stage's clustering: its head's argmax, or the recipe's [evaluation] run again on the "
+                            "retrained network (e.g. UMAP + GMM on the backbone; a momentum network is set to the "
+                            "retrained one first); the other stays a candidate")
     log_every: int = Field(100, ge=0, description="steps between progress lines (0 = none)")
 
 

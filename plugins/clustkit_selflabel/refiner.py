@@ -203,6 +203,12 @@ class SelfLabelRefiner:
             if self.step < c.steps:
                 self._optimizer_state = self.optimizer.state_dict()
                 ctx.save_checkpoint()
+        if c.output == "evaluation" and ctx.has_momentum:
+            # The stage trained the online network; an evaluation that reads the target network
+            # (DigPro's) would otherwise cluster a network the stage never touched.
+            target = ctx.momentum_model
+            shared = target.state_dict()
+            target.load_state_dict({k: v for k, v in ctx.model.state_dict().items() if k in shared})
         self.done = True
         self.history.append({"step": self.step, "seconds": round(time.perf_counter() - t0, 3)})
         self._optimizer_state = None
@@ -225,10 +231,14 @@ class SelfLabelRefiner:
     def evaluate(self, ctx: RunContext) -> Prediction | None:
         if not self.done:
             return None  # training, or an earlier stage: the previous evaluator answers
-        conf, labels = ctx.extract(self.cfg.head).max(1)
         rounds = [h for h in self.history if "selected" in h]
         extra = {"selflabel_steps": self.step, "selflabel_start": self.started_from,
                  "selflabel_selected": rounds[-1]["selected"] if rounds else 0}
+        if self.cfg.output == "evaluation":  # the recipe's clustering of the retrained network
+            pred = ctx.recipe_evaluation()
+            pred.extra = {**(pred.extra or {}), **extra}
+            return pred
+        conf, labels = ctx.extract(self.cfg.head).max(1)
         return Prediction(labels.numpy().astype(np.int64), source=f"argmax:{self.cfg.head}", scores=conf.numpy(),
                           space=self.cfg.head, rule="argmax", extra=extra)
 

@@ -285,6 +285,16 @@ class RunContext:
         if failed:
             raise RuntimeError(f"rank(s) {failed} failed while extracting features (their error is above)")
 
+    def recipe_evaluation(self) -> Prediction:
+        """The recipe's own ``[evaluation]`` on the network as it is now, whatever a later stage
+        answers to the ``evaluate`` hook: how a stage re-clusters the network it has changed."""
+        evaluator = self.components["evaluation"]
+        others = [p for _, p in self.pm.list_name_plugin() if p is not None and p is not evaluator]
+        pred = self.pm.subset_hook_caller("evaluate", others)(ctx=self)
+        if pred is None:
+            raise RuntimeError("the recipe's [evaluation] gave no clustering")
+        return pred
+
     def clustering(self, *, select: bool = False, exclude: tuple[str, ...] = ()) -> tuple[Prediction, str]:
         """The run's current clustering and its name: the evaluation (the recipe's evaluator, or
         the labels of a finished ``[refine.*]`` stage), or with ``select`` the label-free choice

@@ -194,9 +194,18 @@ def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device
     plugins = get_plugins()
     recipe = load(path / RECIPE, plugins.registry, extra)
     ctx = build_run(recipe, plugins, None)
-    ctx.model.load_state_dict(state["model"])
-    if ctx.has_momentum and state.get("momentum_model") is not None:
-        ctx.momentum_model.load_state_dict(state["momentum_model"])
+    try:
+        ctx.model.load_state_dict(state["model"])
+        if ctx.has_momentum and state.get("momentum_model") is not None:
+            ctx.momentum_model.load_state_dict(state["momentum_model"])
+    except RuntimeError as exc:  # an override that changed the network (a head, a stage, the backbone)
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 400 else detail[:400] + " …"
+        raise UserError(
+            f"{path / CHECKPOINT} does not fit the network that {path / RECIPE} builds"
+            f"{' with --set ' + ', '.join(overrides) if overrides else ''}: {detail} An override may change the "
+            "data or the evaluation ([data], [evaluation], run.select), not the network ([backbone], [heads.*], "
+            "[refine.*]).") from exc
     ctx.epoch, ctx.step = int(state["epoch"]), int(state["step"])
     same_data = not overrides
     if same_data:  # component state (a second stage's result) belongs to the run's own dataset
