@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clustkit import BuildContext, Prediction, RunContext, dist, hookimpl
+from clustkit import BuildContext, Prediction, RunContext, dist, ema_update, hookimpl
 from clustkit.cluster.rows import unit_rows
 from clustkit.nn.heads import MLPHead
 
@@ -205,10 +205,8 @@ class SelfLabelRefiner:
                 ctx.save_checkpoint()
         if c.output == "evaluation" and ctx.has_momentum:
             # The stage trained the online network; an evaluation that reads the target network
-            # (DigPro's) would otherwise cluster a network the stage never touched.
-            target = ctx.momentum_model
-            shared = target.state_dict()
-            target.load_state_dict({k: v for k, v in ctx.model.state_dict().items() if k in shared})
+            # (DigPro's) would otherwise cluster a network the stage never touched: momentum 0 copies it.
+            ema_update(ctx.momentum_model, ctx.model, 0.0, copy_buffers=True)
         self.done = True
         self.history.append({"step": self.step, "seconds": round(time.perf_counter() - t0, 3)})
         self._optimizer_state = None

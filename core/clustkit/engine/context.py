@@ -288,9 +288,9 @@ class RunContext:
     def recipe_evaluation(self) -> Prediction:
         """The recipe's own ``[evaluation]`` on the network as it is now, whatever a later stage
         answers to the ``evaluate`` hook: how a stage re-clusters the network it has changed."""
-        evaluator = self.components["evaluation"]
-        others = [p for _, p in self.pm.list_name_plugin() if p is not None and p is not evaluator]
-        pred = self.pm.subset_hook_caller("evaluate", others)(ctx=self)
+        from clustkit.engine.build import component_callers
+
+        pred = component_callers(self.pm, self.components, "evaluate", ["evaluation"])["evaluation"](ctx=self)
         if pred is None:
             raise RuntimeError("the recipe's [evaluation] gave no clustering")
         return pred
