@@ -170,6 +170,13 @@ def test_help_does_not_import_torch() -> None:
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export"])
+def test_help_keeps_the_bracketed_section_names(command: str) -> None:
+    """Rich reads ``[data]`` as markup and drops it unless escaped; the help must still name it."""
+    result = cli(command, "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0 and "Override the run's [data]" in result.stdout
+
+
 def test_usage_error_exits_2() -> None:
     result = cli("run")
     assert result.returncode == 2

@@ -323,6 +323,10 @@ def test_tiny_end_to_end_and_resume_in_stage2(tmp_path: Path) -> None:
     lines = [json.loads(s) for s in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["epoch"] == 1 and "acc" in lines[0]  # stage-1 evaluation answered by the recipe evaluator
     assert (tmp_path / "full" / "assignments.csv").read_text().count("\n") == 1797 + 1
+    from clustkit.trained.loaded import load_run  # an override of the evaluation keeps the finished stage
+
+    kept = load_run(tmp_path / "full", overrides=['run.select="recipe"']).candidates()
+    assert kept["selection"]["chosen"] == "iciclegcn_gcn:mean" and set(full["candidates"]) == set(kept["candidates"])
 
     # killed (SIGKILL) right after the stage-2 checkpoint of iteration 4, then resumed
     plugin_dir = tmp_path / "plugins"

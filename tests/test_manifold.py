@@ -42,7 +42,7 @@ def test_umap_and_a_gmm_separate_rings_that_kmeans_cuts() -> None:
 
 
 def test_items_outside_the_sample_take_their_neighbours_majority() -> None:
-    from clustkit.cluster.manifold import extend_by_neighbors
+    from clustkit.cluster.votes import extend_by_neighbors
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 3)).astype(np.float32)
@@ -60,7 +60,7 @@ def test_items_outside_the_sample_take_their_neighbours_majority() -> None:
 
 
 def test_the_neighbour_vote_is_rounds_of_each_items_own_neighbours_majority() -> None:
-    from clustkit.cluster.manifold import neighbor_vote
+    from clustkit.cluster.votes import neighbor_vote
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 3)).astype(np.float32)
@@ -79,7 +79,7 @@ def test_the_neighbour_vote_is_rounds_of_each_items_own_neighbours_majority() ->
 
 
 def test_the_vote_mends_items_placed_in_another_clusters_neighbourhood() -> None:
-    from clustkit.cluster.manifold import neighbor_vote
+    from clustkit.cluster.votes import neighbor_vote
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 0.3, (100, 2)), rng.normal(5, 0.3, (100, 2))]).astype(np.float32)
@@ -105,7 +105,7 @@ def test_vote_k_turns_the_vote_on_in_the_evaluator(tmp_path: Path) -> None:
             'run.select="recipe"', "run.report=false"])
         summaries[vote] = (json.loads((out / "summary.json").read_text()),
                            np.loadtxt(out / "assignments.csv", delimiter=",", skiprows=1, usecols=1, dtype=np.int64))
-    from clustkit.cluster.manifold import neighbor_vote
+    from clustkit.cluster.votes import neighbor_vote
     from clustkit.trained.loaded import load_run
 
     feats = load_run(tmp_path / "vote0").features("backbone")
@@ -149,7 +149,8 @@ def test_each_run_of_a_sampled_evaluation_embeds_its_own_sample(monkeypatch, fit
 
     monkeypatch.setattr(E, "embed", fake_embed)
     cfg = UMAPEvalConfig(name="umap", n_runs=3, fit_on=fit_on, n_init=1, n_components=2, cluster="kmeans")
-    ctx = SimpleNamespace(extract=lambda head, momentum: torch.from_numpy(x.astype(np.float32)), n_clusters=2, seed=7)
+    ctx = SimpleNamespace(extract=lambda head, momentum: torch.from_numpy(x.astype(np.float32)), n_clusters=2, seed=7,
+                          vote=lambda pred, cfg, **_: pred)
     pred = E.UMAPEvaluator(cfg, None).evaluate(ctx)
     assert [seed for _, seed in seen] == [7, 8, 9] and pred.labels.shape == (400,)
     samples = [{tuple(r) for r in rows.round(6).tolist()} for rows, _ in seen]

@@ -25,7 +25,7 @@ def cli(*args: str, disable: str | None = None) -> subprocess.CompletedProcess[s
 def test_mix_recipe_validates_with_clustkit_check():
     res = cli("check", str(MIX))
     assert res.returncode == 0, res.stderr
-    for part in ("views=sacc", "backbone=timm", "losses.group=dchl_group", "evaluation=kmeans"):
+    for part in ("views=sacc", "backbone=timm", "losses.group=dchl_group", "grouping=kmeans", "evaluation=head_argmax"):
         assert part in res.stdout.replace("\n", "")
 
 
@@ -82,10 +82,12 @@ def test_data_roots_default_when_the_variable_is_unset(monkeypatch, plugin_set):
 
 
 def test_tiny_mix_run_end_to_end(plugin_set, tmp_path: Path):
-    """SACC's three views feed DCHL's losses through a timm backbone; FAISS k-means evaluates."""
+    """SACC's views feed DCHL's losses through a timm backbone; FAISS k-means groups; the coarse
+    head's argmax, voted in backbone space, is the evaluation, and every candidate is voted alike."""
     summary = run_recipe(MIX, plugin_set(), tmp_path / "run", [
         "run.epochs=1", "run.batch_size=128", "run.eval_every=0", "heads.instance.hidden=[32]",
         "heads.cluster.hidden=32", "heads.fine.hidden=32", "losses.group.groups=8"])
-    assert summary["selection"]["recipe"] == "kmeans:backbone" and 0 <= summary["acc"] <= 1
+    assert summary["selection"]["recipe"] == "argmax:cluster+vote" and 0 <= summary["acc"] <= 1
+    assert all(name.endswith("+vote") for name in summary["candidates"])
     losses = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["losses"]
     assert {"instance", "cluster", "group_self", "group_cross"} <= set(losses)

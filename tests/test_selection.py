@@ -170,3 +170,55 @@ def test_the_neighbors_criterion_prefers_the_clustering_that_keeps_neighbourhood
     cut[::2] = (cut[::2] + 1) % 3  # half of every cluster moved: neighbourhoods cut
     chosen = select({"cut": cut, "truth": truth}, "neighbors", recipe="cut", neighbors=(query, near))
     assert chosen.chosen == "truth" and chosen.scores["truth"] == pytest.approx(1.0)
+
+
+def test_a_voted_evaluation_is_the_vote_on_the_unvoted_labels_in_the_space_asked_for(finished_run: Path) -> None:
+    """head_argmax + vote_k: the evaluation's labels are the neighbour vote (in vote_features)
+    of the head's argmax, and a new image goes to the nearest mean of the voted clusters."""
+    import clustkit
+    from clustkit.cluster.votes import neighbor_vote
+
+    plain = clustkit.load_run(finished_run)
+    argmax = plain.features("cluster").argmax(1)
+    backbone = plain.features("backbone")
+    voted = clustkit.load_run(finished_run, overrides=[
+        'evaluation={name="head_argmax", head="cluster", vote_k=7, vote_rounds=2, vote_features="backbone"}'])
+    pred = voted.ctx.recipe_evaluation()
+    want, share = neighbor_vote(backbone, argmax, 7, 2, 10)
+    np.testing.assert_array_equal(pred.labels, want)
+    np.testing.assert_allclose(pred.scores, share)
+    assert (want != argmax).any()  # the vote changed something, so the check above can fail
+    assert pred.source == "argmax:cluster+vote" and pred.space == "backbone" and pred.rule == "cosine_centroid"
+    assert pred.extra["vote_changed"] == int((want != argmax).sum())
+    unit = backbone / np.linalg.norm(backbone, axis=1, keepdims=True)
+    means = np.stack([unit[want == c].mean(0) if (want == c).any() else np.full(unit.shape[1], np.inf)
+                      for c in range(10)])  # an empty cluster's mean is inf: no image goes there
+    np.testing.assert_allclose(pred.centroids, means, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("criterion", ["agreement", "recipe"])
+def test_when_the_evaluation_votes_the_other_candidates_vote_too_unless_the_recipe_is_the_choice(
+        finished_run: Path, criterion: str) -> None:
+    import clustkit
+    from clustkit.cluster.votes import neighbor_vote
+
+    run = clustkit.load_run(finished_run, overrides=[
+        'evaluation={name="kmeans", features="instance", vote_k=5}', f'run.select="{criterion}"'])
+    record = run.candidates()
+    names = set(record["candidates"])
+    assert record["selection"]["recipe"] == "kmeans:instance+vote"
+    if criterion == "agreement":  # like with like: every argmax / k-means candidate voted, in its own space
+        assert names == {"kmeans:instance+vote", "argmax:cluster+vote", "kmeans:backbone+vote",
+                         "kmeans:cluster+vote"}
+        assert record["candidates"]["kmeans:backbone+vote"]["space"] == "backbone"
+    else:  # the recipe's own is the output; the others are listed as they are, its unvoted twin too
+        assert names == {"kmeans:instance+vote", "kmeans:instance", "argmax:cluster", "kmeans:backbone",
+                         "kmeans:cluster"}
+    if criterion == "agreement":  # a voted candidate is the vote on its unvoted labels, in its own space
+        from clustkit.engine.candidates import run_candidates
+        from clustkit.engine.run import evaluate
+
+        cands = run_candidates(run.ctx, evaluate(run.ctx)[0], vote=run.ctx.recipe.evaluation)
+        cluster = run.features("cluster")
+        want, _ = neighbor_vote(cluster, cluster.argmax(1), 5, 3, 10)
+        np.testing.assert_array_equal(cands["argmax:cluster+vote"].labels, want)

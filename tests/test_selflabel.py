@@ -136,7 +136,7 @@ def test_after_digpro_the_stage_attaches_the_head_kmeans_runs_lack(plugin_set, t
         "heads.projector.out_dim=16", "heads.predictor.hidden=32", *STAGE])
     assert summary["selection"]["recipe"] == "argmax:selflabel"
     assert summary["assign"]["rule"] in ("argmax", "cosine_centroid")
-    assert "kmeans:momentum/projector" in summary["candidates"]  # DigPro's own evaluation is still a candidate
+    assert "kmeans:momentum/projector" in summary["candidates"]  # k-means on the target projector (DigPro's evaluation, unvoted) is still a candidate
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["selected"] == summary["selection"]["chosen"]
 
@@ -148,7 +148,7 @@ def test_output_evaluation_gives_the_target_network_the_retrained_weights(plugin
             "heads.projector.out_dim=16", "heads.predictor.hidden=32"]
     stage = [STAGE[0].replace("}", ', output="evaluation"}')]
     summary = run_recipe(REPO / "recipes" / "digpro.toml", plugin_set(), tmp_path / "run", [*tiny, *stage])
-    assert summary["selection"]["recipe"] == "kmeans:momentum/projector"  # DigPro's evaluation, run again
+    assert summary["selection"]["recipe"] == "kmeans:momentum/projector+vote"  # DigPro's evaluation, run again
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
     online, target = state["model"], state["momentum_model"]
     assert target and set(target) <= set(online)

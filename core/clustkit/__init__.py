@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from clustkit.errors import RecipeError, UserError
 from clustkit.losses.configs import ClusterContrastConfig, InstanceContrastConfig, PairLossConfig
 from clustkit.plugin_system.hookspecs import hookimpl
-from clustkit.plugin_system.registry import (ComponentConfig, HeadOrBackbone, HeadRef, LossConfig, Pair, Registry,
-                                             with_defaults)
+from clustkit.plugin_system.registry import (ComponentConfig, EvaluatorConfig, HeadOrBackbone, HeadRef, LossConfig,
+                                             Pair, Registry, with_defaults)
 
 try:
     __version__ = importlib.metadata.version("clustkit")  # one version: pyproject.toml's
@@ -63,7 +63,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     # writing a plugin
-    "hookimpl", "Registry", "ComponentConfig", "LossConfig", "HeadRef", "HeadOrBackbone", "Pair", "with_defaults",
+    "hookimpl", "Registry", "ComponentConfig", "LossConfig", "EvaluatorConfig", "HeadRef", "HeadOrBackbone", "Pair",
+    "with_defaults",
     "RecipeError", "UserError",
     # what components receive
     "BuildContext", "RunContext", "StepOutputs", "Prediction", "KMeansResult",

@@ -17,10 +17,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from clustkit import ComponentConfig, HeadOrBackbone, Registry, hookimpl
+from clustkit import EvaluatorConfig, HeadOrBackbone, Registry, hookimpl
 
 
-class UMAPEvalConfig(ComponentConfig):
+class UMAPEvalConfig(EvaluatorConfig):
+    """``vote_k`` (from :class:`EvaluatorConfig`) mends what ``fit_on``'s extension from a sample got wrong."""
+
     features: HeadOrBackbone = Field("backbone", description="'backbone' or the name of a head")
     momentum: bool = Field(False, description="use the momentum network's features")
     n_components: int | Literal["n_clusters"] = Field(
@@ -39,10 +41,7 @@ class UMAPEvalConfig(ComponentConfig):
                                   "cluster of its extend_k nearest of them (None: all items; UMAP's time grows "
                                   "with N: about 4 minutes for 70,000 on one CPU thread)")
     extend_k: int = Field(10, ge=1, description="neighbours that vote for an item outside fit_on")
-    vote_k: int = Field(0, ge=0, description="after the clustering, every item takes the majority cluster of its "
-                                             "vote_k nearest items in the feature space, vote_rounds times (0: off); "
-                                             "mends what fit_on's extension from a sample got wrong")
-    vote_rounds: int = Field(3, ge=1, description="rounds of the vote_k neighbour vote")
+
 
 
 @hookimpl

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from clustkit import BuildContext, Prediction, RunContext, hookimpl
-from clustkit.cluster.manifold import embed, extend_by_neighbors, neighbor_graph, neighbor_vote
+from clustkit.cluster.manifold import embed, neighbor_graph
+from clustkit.cluster.votes import extend_by_neighbors
 from clustkit.cluster.rows import cluster_means, unit_rows
 from clustkit.cluster.selection import agreement_scores
 
@@ -87,10 +88,9 @@ class UMAPEvaluator:
                                  k, dims, ctx.seed + r, ctx.seed + r) for r in range(cfg.n_runs)]
         chosen, agreement = consensus_run([run[0] for run in runs])
         labels, conf, fit = runs[chosen]
-        if cfg.vote_k:  # every item's own neighbours vote (the share of the vote is its confidence)
-            labels, conf = neighbor_vote(x, labels, cfg.vote_k, cfg.vote_rounds, k, cfg.metric)
         cent = cluster_means(unit_rows(x) if cfg.metric == "cosine" else x, labels, k)
-        return Prediction(labels, source=f"umap:{cfg.features}", scores=conf, space=cfg.features,
+        pred = Prediction(labels, source=f"umap:{cfg.features}", scores=conf, space=cfg.features,
                           rule="cosine_centroid" if cfg.metric == "cosine" else "centroid", momentum=cfg.momentum,
                           centroids=cent, extra={"umap_dims": dims, f"{cfg.cluster}_fit": fit, "umap_runs": cfg.n_runs,
                                                  "umap_chosen_run": chosen, "umap_agreement": agreement})
+        return ctx.vote(pred, cfg, features=x, metric=cfg.metric)  # every item's own neighbours, when vote_k

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from clustkit import ComponentConfig, HeadOrBackbone, HeadRef, Registry, hookimpl
+from clustkit import ComponentConfig, EvaluatorConfig, HeadOrBackbone, HeadRef, Registry, hookimpl
 from clustkit.nn.configs import TensorAffineConfig
 
 F = "clustkit.builtin.components:"
@@ -64,12 +64,12 @@ class KMeansGroupingConfig(ComponentConfig):
     max_iter: int = Field(100, ge=1)
 
 
-class HeadArgmaxConfig(ComponentConfig):
+class HeadArgmaxConfig(EvaluatorConfig):
     head: HeadRef = "cluster"
     momentum: bool = False
 
 
-class KMeansEvalConfig(ComponentConfig):
+class KMeansEvalConfig(EvaluatorConfig):
     features: HeadOrBackbone = Field("backbone", description="'backbone' or the name of a head")
     momentum: bool = Field(False, description="use the momentum network's features")
     spherical: bool = False

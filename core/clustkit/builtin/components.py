@@ -66,7 +66,8 @@ class KMeansGrouper:
 
 
 class HeadArgmax:
-    """Cluster = argmax of a soft-assignment head on the evaluation view (CC's ``forward_cluster``)."""
+    """Cluster = argmax of a soft-assignment head on the evaluation view (CC's ``forward_cluster``),
+    then the neighbour vote when the config asks for one (``vote_k``)."""
 
     def __init__(self, cfg: Any, ctx: BuildContext):
         self.cfg = cfg
@@ -75,12 +76,14 @@ class HeadArgmax:
     def evaluate(self, ctx: RunContext) -> Prediction:
         p = ctx.extract(self.cfg.head, momentum=self.cfg.momentum)
         conf, labels = p.max(dim=1)
-        return Prediction(labels.numpy().astype(np.int64), source=f"argmax:{self.cfg.head}", scores=conf.numpy(),
+        pred = Prediction(labels.numpy().astype(np.int64), source=f"argmax:{self.cfg.head}", scores=conf.numpy(),
                           space=self.cfg.head, rule="argmax", momentum=self.cfg.momentum)
+        return ctx.vote(pred, self.cfg)
 
 
 class KMeansEvaluator:
-    """k-means on extracted features (backbone or a head), through the recipe's grouper."""
+    """k-means on extracted features (backbone or a head), through the recipe's grouper, then the
+    neighbour vote when the config asks for one (``vote_k``)."""
 
     def __init__(self, cfg: Any, ctx: BuildContext):
         self.cfg = cfg
@@ -90,7 +93,8 @@ class KMeansEvaluator:
         head = None if self.cfg.features == "backbone" else self.cfg.features
         feats, rows = ctx.extract_shard(head, momentum=self.cfg.momentum)  # this rank's rows; all on one process
         result = ctx.group(feats, ctx.n_clusters, spherical=self.cfg.spherical, rows=rows)
-        return Prediction(np.asarray(result.labels, dtype=np.int64), source=f"kmeans:{self.cfg.features}",
+        pred = Prediction(np.asarray(result.labels, dtype=np.int64), source=f"kmeans:{self.cfg.features}",
                           space=self.cfg.features, rule="cosine_centroid" if self.cfg.spherical else "centroid",
                           momentum=self.cfg.momentum, centroids=np.asarray(result.centroids, dtype=np.float32),
                           extra={"kmeans_backend": result.backend, "kmeans_inertia": float(result.inertia)})
+        return ctx.vote(pred, self.cfg, features=feats if ctx.world_size == 1 else None)

@@ -12,7 +12,7 @@ import typer
 
 from clustkit.errors import UserError
 
-DATA_HELP = "Override the run's [data] (another split or dataset): --set data.split='test' (repeatable)."
+DATA_HELP = "Override the run's \\[data] (another split or dataset): --set data.split='test' (repeatable)."
 
 
 def _fail(exc: UserError) -> None:
@@ -112,7 +112,8 @@ def predict(
 
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder written by `clustkit run`."),
-    set_: list[str] = typer.Option([], "--set", "-s", help=DATA_HELP),
+    set_: list[str] = typer.Option([], "--set", "-s", help=DATA_HELP + " Or another evaluation of the same network: "
+                                   "--set evaluation.vote_k=10."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the result as JSON to this file."),
     probes: bool = typer.Option(True, "--probes/--no-probes", help="kNN and linear-probe accuracy of the features."),

@@ -41,9 +41,9 @@ def candidate_space(pred: Prediction) -> str:
     """The feature space a candidate reads, as recorded in ``summary.json``: the network space
     when its name is ``<kind>:<space>`` of its own ``space`` (argmax, k-means, UMAP), else the
     part of its name before the colon (all of ``iciclegcn_gcn:a``, ``:b``, ``:mean`` come from
-    one second stage)."""
+    one second stage). A voted evaluation (``kmeans:projector+vote``) records the space it voted in."""
     kind, _, space = pred.source.partition(":")
-    if space.removeprefix("momentum/") == pred.space:
+    if space.endswith("+vote") or space.removeprefix("momentum/") == pred.space:
         return ("momentum/" if pred.momentum else "") + pred.space
     return kind
 
@@ -54,33 +54,41 @@ def feature_spaces(ctx: RunContext, momentum: bool) -> list[str]:
 
 
 def space_candidates(ctx: RunContext, features: dict[str, torch.Tensor], momentum: bool,
-                     known: Container[str] = ()) -> dict[str, Prediction]:
+                     known: Container[str] = (), vote: Any = None) -> dict[str, Prediction]:
     """argmax of each soft-assignment head and spherical k-means on every space of one network,
-    except the candidates named in ``known`` (the recipe's own evaluation: no k-means twice)."""
+    except the candidates named in ``known`` (the recipe's own evaluation: no k-means twice).
+    ``vote``: an evaluator config whose neighbour vote (``vote_k``) every candidate then gets."""
     out: dict[str, Prediction] = {}
     prefix = "momentum/" if momentum else ""
+    suffix = "+vote" if vote is not None and vote.vote_k else ""
+
+    def add(pred: Prediction) -> None:  # the vote reads its own space's features when they are at hand
+        out[pred.source + suffix] = ctx.vote(pred, vote, features=features.get(vote.vote_features or pred.space)) \
+            if suffix else pred
+
     for space, feats in features.items():
         argmax, kmeans = f"argmax:{prefix}{space}", f"kmeans:{prefix}{space}"
-        if argmax not in known and space != "backbone" and is_probability(feats):
+        if argmax + suffix not in known and space != "backbone" and is_probability(feats):
             conf, labels = feats.max(1)
-            out[argmax] = Prediction(labels.numpy().astype(np.int64), argmax, conf.numpy(), space=space,
-                                     rule="argmax", momentum=momentum)
-        if kmeans in known:
+            add(Prediction(labels.numpy().astype(np.int64), argmax, conf.numpy(), space=space, rule="argmax",
+                           momentum=momentum))
+        if kmeans + suffix in known:
             continue
         result = ctx.group(feats, ctx.n_clusters, spherical=True)
-        out[kmeans] = Prediction(
-            np.asarray(result.labels, dtype=np.int64), kmeans, space=space,
-            rule="cosine_centroid", momentum=momentum, centroids=np.asarray(result.centroids, dtype=np.float32))
+        add(Prediction(np.asarray(result.labels, dtype=np.int64), kmeans, space=space, rule="cosine_centroid",
+                       momentum=momentum, centroids=np.asarray(result.centroids, dtype=np.float32)))
     return out
 
 
 def run_candidates(ctx: RunContext, recipe_pred: Prediction, every_space: bool = True,
                    features: dict[str, torch.Tensor] | None = None,
-                   exclude: tuple[str, ...] = ()) -> dict[str, Prediction]:
+                   exclude: tuple[str, ...] = (), vote: Any = None) -> dict[str, Prediction]:
     """The recipe's evaluation first, then (``every_space``) the argmax and k-means candidates of
     every feature space but the heads in ``exclude`` (one a later stage has not trained yet), then
     the plugins' (``candidates`` hook). Unreadable items get -1. ``features``: the online
-    network's spaces, when the caller has extracted them already."""
+    network's spaces, when the caller has extracted them already. ``vote``: the evaluator config
+    whose neighbour vote the argmax and k-means candidates get too (:func:`choose` passes the
+    recipe's when its evaluation votes)."""
     out = {candidate_name(recipe_pred): recipe_pred}
     if every_space:
         for momentum in ([False, True] if ctx.has_momentum else [False]):
@@ -88,7 +96,7 @@ def run_candidates(ctx: RunContext, recipe_pred: Prediction, every_space: bool =
                 spaces = [s for s in feature_spaces(ctx, momentum) if s not in exclude]
                 features = ctx.extract_spaces(spaces, momentum=momentum)
             features = {s: f for s, f in features.items() if s not in exclude}
-            out.update(space_candidates(ctx, features, momentum, known=out))  # the recipe's own keeps its settings
+            out.update(space_candidates(ctx, features, momentum, known=out, vote=vote))  # the recipe's keeps its settings
     for extra in ctx.hook.candidates(ctx=ctx):
         for name, pred in (extra or {}).items():
             out.setdefault(name, pred)
@@ -124,7 +132,12 @@ def choose(ctx: RunContext, recipe_pred: Prediction, sample: tuple[np.ndarray, n
         if features is None:
             features = ctx.extract_spaces([s for s in feature_spaces(ctx, False) if s not in exclude])
         near = sample_neighbors(features["backbone"], idx)
-    candidates = run_candidates(ctx, recipe_pred, every_space=every_space, features=features, exclude=exclude)
+    # A neighbour vote makes a clustering agree with its neighbourhoods and less with unvoted
+    # readings of the network, so a voted evaluation would lose a comparison it should win on
+    # agreement: when the recipe's evaluation votes, every argmax / k-means candidate votes alike.
+    voted = criterion != "recipe" and "vote_k" in recipe_pred.extra
+    candidates = run_candidates(ctx, recipe_pred, every_space=every_space, features=features, exclude=exclude,
+                                vote=ctx.recipe.evaluation if voted else None)
     recipe_name = candidate_name(recipe_pred)
     diagnostics = {name: cluster_diagnostics(p.labels, ctx.n_clusters, feats, feature_index=idx)
                    for name, p in candidates.items()}

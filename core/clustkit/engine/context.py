@@ -295,6 +295,35 @@ class RunContext:
             raise RuntimeError("the recipe's [evaluation] gave no clustering")
         return pred
 
+    def vote(self, pred: Prediction, cfg: Any, *, features: Any = None, metric: str = "cosine") -> Prediction:
+        """``pred`` after the neighbour vote its evaluator's config asks for (``cfg``: an
+        ``EvaluatorConfig``; ``pred`` itself when ``cfg.vote_k`` is 0): every item takes the
+        majority cluster of its ``vote_k`` nearest items in ``cfg.vote_features`` (default: the
+        space ``pred`` read), ``vote_rounds`` times. The space is the momentum network's when
+        ``pred`` read that network and it has the space, else the online network's. The result
+        is named ``<source>+vote`` and places new images by the nearest mean of its clusters in
+        that space. ``features``: that space's whole matrix, when the caller has it already."""
+        from clustkit.cluster.rows import cluster_means, unit_rows
+        from clustkit.cluster.votes import neighbor_vote
+
+        if not getattr(cfg, "vote_k", 0):
+            return pred
+        space = cfg.vote_features or pred.space
+        momentum = pred.momentum and (space == "backbone" or space in self.momentum_model.heads)
+        if features is None or space != pred.space or momentum != pred.momentum:
+            features = self.extract(None if space == "backbone" else space, momentum=momentum)
+        x = np.asarray(features, dtype=np.float32)
+        before = np.asarray(pred.labels, dtype=np.int64)
+        labels, share = neighbor_vote(x, before, cfg.vote_k, cfg.vote_rounds, self.n_clusters, metric)
+        rows = unit_rows(x) if metric == "cosine" else x
+        extra = {**pred.extra, "vote_k": cfg.vote_k, "vote_space": space, "vote_changed": int((labels != before).sum())}
+        kind, _, read = pred.source.partition(":")
+        if pred.momentum and not momentum and not read.startswith("momentum/"):  # named for the network it read
+            read = f"momentum/{read}"
+        return Prediction(labels, source=f"{kind}:{read}+vote", scores=share, space=space,
+                          rule="cosine_centroid" if metric == "cosine" else "centroid", momentum=momentum,
+                          centroids=cluster_means(rows, labels, self.n_clusters), extra=extra)
+
     def clustering(self, *, select: bool = False, exclude: tuple[str, ...] = ()) -> tuple[Prediction, str]:
         """The run's current clustering and its name: the evaluation (the recipe's evaluator, or
         the labels of a finished ``[refine.*]`` stage), or with ``select`` the label-free choice

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, TypeVar
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import PydanticUndefined
 
 KINDS: tuple[str, ...] = (
@@ -64,6 +64,22 @@ class LossConfig(ComponentConfig):
     """Base of loss configs: the engine multiplies the loss by ``weight``; 0 removes it at no cost."""
 
     weight: float = 1.0
+
+
+class EvaluatorConfig(ComponentConfig):
+    """Base of evaluator configs: the neighbour vote any evaluation can end with.
+
+    With ``vote_k`` > 0, the evaluator's clustering is followed by ``vote_rounds`` rounds in
+    which every item takes the majority cluster of its ``vote_k`` nearest items (cosine) in
+    ``vote_features`` (default: the space the evaluation read). It reads no labels; an
+    evaluator applies it with ``RunContext.vote``."""
+
+    vote_k: int = Field(0, ge=0, description="after the clustering, every item takes the majority cluster of its "
+                                             "vote_k nearest items, vote_rounds times (0: off); moves border items "
+                                             "to their neighbours' cluster")
+    vote_rounds: int = Field(3, ge=1, description="rounds of the vote_k neighbour vote")
+    vote_features: HeadOrBackbone | None = Field(
+        None, description="the space whose neighbours vote: 'backbone' or a head (default: the evaluation's own)")
 
 
 def _marker(annotation: Any, metadata: list[Any], kind: type[Any]) -> Any:

@@ -172,8 +172,10 @@ class TrainedRun:
 
 def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device: str | None = None) -> TrainedRun:
     """Rebuild a run from its folder (``recipe.toml`` + ``checkpoints/last.pt``) for use.
-    ``overrides`` (``"data.split='test'"``, ...) change the dataset it reads; ``device`` the device
-    (default: the recipe's). The run folder is only read, never written."""
+    ``overrides`` (``"data.split='test'"``, ``"evaluation.vote_k=10"``, ...) change the dataset it
+    reads or how it is evaluated; the run's component state (a finished stage's result) is kept
+    unless the data changes. ``device``: the device (default: the recipe's). The run folder is
+    only read, never written."""
     from clustkit.engine.build import build_run
     from clustkit.plugin_system.manager import get_plugins
     from clustkit.recipe import load
@@ -187,7 +189,9 @@ def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     state = torch.load(path / CHECKPOINT, map_location="cpu", weights_only=False)
     extra = list(overrides)
-    if overrides and summary.get("n_clusters"):  # another dataset: keep the heads' trained size
+    # which overrides change the data the run reads (the others, e.g. evaluation.vote_k, re-read it)
+    same_data = not any(o.split("=", 1)[0].strip().split(".", 1)[0] in ("data", "unlabeled") for o in overrides)
+    if not same_data and summary.get("n_clusters"):  # another dataset: keep the heads' trained size
         extra.append(f"run.n_clusters={int(summary['n_clusters'])}")
     if device is not None:
         extra.append(f'run.device="{device}"')
@@ -207,7 +211,6 @@ def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device
             "data or the evaluation ([data], [evaluation], run.select), not the network ([backbone], [heads.*], "
             "[refine.*]).") from exc
     ctx.epoch, ctx.step = int(state["epoch"]), int(state["step"])
-    same_data = not overrides
     if same_data:  # component state (a second stage's result) belongs to the run's own dataset
         ctx.phase = state["phase"]
         ctx.hook.load_checkpoint_state(state=state["components"], ctx=ctx)
