@@ -136,7 +136,7 @@ def test_after_digpro_the_stage_attaches_the_head_kmeans_runs_lack(plugin_set, t
         "heads.projector.out_dim=16", "heads.predictor.hidden=32", *STAGE])
     assert summary["selection"]["recipe"] == "argmax:selflabel"
     assert summary["assign"]["rule"] in ("argmax", "cosine_centroid")
-    assert "kmeans:momentum/projector" in summary["candidates"]  # k-means on the target projector (DigPro's evaluation, unvoted) is still a candidate
+    assert "kmeans:momentum/projector" in summary["candidates"]  # k-means on the target projector, unvoted
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["selected"] == summary["selection"]["chosen"]
 

@@ -93,4 +93,4 @@ class UMAPEvaluator:
                           rule="cosine_centroid" if cfg.metric == "cosine" else "centroid", momentum=cfg.momentum,
                           centroids=cent, extra={"umap_dims": dims, f"{cfg.cluster}_fit": fit, "umap_runs": cfg.n_runs,
                                                  "umap_chosen_run": chosen, "umap_agreement": agreement})
-        return ctx.vote(pred, cfg, features=x, metric=cfg.metric)  # every item's own neighbours, when vote_k
+        return ctx.vote(pred, cfg, at_hand={cfg.features: x}, metric=cfg.metric)  # each item's neighbours, if vote_k

@@ -78,7 +78,7 @@ class HeadArgmax:
         conf, labels = p.max(dim=1)
         pred = Prediction(labels.numpy().astype(np.int64), source=f"argmax:{self.cfg.head}", scores=conf.numpy(),
                           space=self.cfg.head, rule="argmax", momentum=self.cfg.momentum)
-        return ctx.vote(pred, self.cfg)
+        return ctx.vote(pred, self.cfg, at_hand={self.cfg.head: p})
 
 
 class KMeansEvaluator:
@@ -97,4 +97,4 @@ class KMeansEvaluator:
                           space=self.cfg.features, rule="cosine_centroid" if self.cfg.spherical else "centroid",
                           momentum=self.cfg.momentum, centroids=np.asarray(result.centroids, dtype=np.float32),
                           extra={"kmeans_backend": result.backend, "kmeans_inertia": float(result.inertia)})
-        return ctx.vote(pred, self.cfg, features=feats if ctx.world_size == 1 else None)
+        return ctx.vote(pred, self.cfg, at_hand={self.cfg.features: feats} if ctx.world_size == 1 else None)

@@ -62,9 +62,9 @@ def space_candidates(ctx: RunContext, features: dict[str, torch.Tensor], momentu
     prefix = "momentum/" if momentum else ""
     suffix = "+vote" if vote is not None and vote.vote_k else ""
 
-    def add(pred: Prediction) -> None:  # the vote reads its own space's features when they are at hand
-        out[pred.source + suffix] = ctx.vote(pred, vote, features=features.get(vote.vote_features or pred.space)) \
-            if suffix else pred
+    def add(pred: Prediction) -> None:
+        voted = ctx.vote(pred, vote, at_hand=features) if suffix else pred
+        out[voted.source] = voted
 
     for space, feats in features.items():
         argmax, kmeans = f"argmax:{prefix}{space}", f"kmeans:{prefix}{space}"

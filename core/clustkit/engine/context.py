@@ -295,14 +295,16 @@ class RunContext:
             raise RuntimeError("the recipe's [evaluation] gave no clustering")
         return pred
 
-    def vote(self, pred: Prediction, cfg: Any, *, features: Any = None, metric: str = "cosine") -> Prediction:
+    def vote(self, pred: Prediction, cfg: Any, *, at_hand: dict[str, Any] | None = None,
+             metric: str = "cosine") -> Prediction:
         """``pred`` after the neighbour vote its evaluator's config asks for (``cfg``: an
         ``EvaluatorConfig``; ``pred`` itself when ``cfg.vote_k`` is 0): every item takes the
         majority cluster of its ``vote_k`` nearest items in ``cfg.vote_features`` (default: the
         space ``pred`` read), ``vote_rounds`` times. The space is the momentum network's when
         ``pred`` read that network and it has the space, else the online network's. The result
         is named ``<source>+vote`` and places new images by the nearest mean of its clusters in
-        that space. ``features``: that space's whole matrix, when the caller has it already."""
+        that space. ``at_hand``: whole feature matrices the caller has already, by space, of the
+        network ``pred`` read (the voting space is extracted when it is not among them)."""
         from clustkit.cluster.rows import cluster_means, unit_rows
         from clustkit.cluster.votes import neighbor_vote
 
@@ -310,7 +312,8 @@ class RunContext:
             return pred
         space = cfg.vote_features or pred.space
         momentum = pred.momentum and (space == "backbone" or space in self.momentum_model.heads)
-        if features is None or space != pred.space or momentum != pred.momentum:
+        features = (at_hand or {}).get(space) if momentum == pred.momentum else None
+        if features is None:
             features = self.extract(None if space == "backbone" else space, momentum=momentum)
         x = np.asarray(features, dtype=np.float32)
         before = np.asarray(pred.labels, dtype=np.int64)
