@@ -43,7 +43,6 @@ class UMAPEvalConfig(EvaluatorConfig):
     extend_k: int = Field(10, ge=1, description="neighbours that vote for an item outside fit_on")
 
 
-
 @hookimpl
 def register_components(registry: Registry) -> None:
     registry.add("evaluator", "umap", "clustkit_manifold.evaluator:UMAPEvaluator", UMAPEvalConfig,

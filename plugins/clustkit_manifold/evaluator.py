@@ -8,9 +8,9 @@ import numpy as np
 
 from clustkit import BuildContext, Prediction, RunContext, hookimpl
 from clustkit.cluster.manifold import embed, neighbor_graph
-from clustkit.cluster.votes import extend_by_neighbors
 from clustkit.cluster.rows import cluster_means, unit_rows
 from clustkit.cluster.selection import agreement_scores
+from clustkit.cluster.votes import extend_by_neighbors
 
 
 def cluster_embedding(z: np.ndarray, k: int, method: str, n_init: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:

@@ -96,7 +96,8 @@ def run_candidates(ctx: RunContext, recipe_pred: Prediction, every_space: bool =
                 spaces = [s for s in feature_spaces(ctx, momentum) if s not in exclude]
                 features = ctx.extract_spaces(spaces, momentum=momentum)
             features = {s: f for s, f in features.items() if s not in exclude}
-            out.update(space_candidates(ctx, features, momentum, known=out, vote=vote))  # the recipe's keeps its settings
+            # known=out: the recipe's own evaluation keeps its settings
+            out.update(space_candidates(ctx, features, momentum, known=out, vote=vote))
     for extra in ctx.hook.candidates(ctx=ctx):
         for name, pred in (extra or {}).items():
             out.setdefault(name, pred)

@@ -178,7 +178,7 @@ def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device
     only read, never written."""
     from clustkit.engine.build import build_run
     from clustkit.plugin_system.manager import get_plugins
-    from clustkit.recipe import load
+    from clustkit.recipe import load, parse_override
 
     path = Path(os.path.expanduser(str(folder)))
     for name in (RECIPE, CHECKPOINT):
@@ -189,8 +189,8 @@ def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     state = torch.load(path / CHECKPOINT, map_location="cpu", weights_only=False)
     extra = list(overrides)
-    # which overrides change the data the run reads (the others, e.g. evaluation.vote_k, re-read it)
-    same_data = not any(o.split("=", 1)[0].strip().split(".", 1)[0] in ("data", "unlabeled") for o in overrides)
+    # only an override of [data] or [unlabeled] changes what the run reads (evaluation.vote_k re-reads it)
+    same_data = not any(parse_override(o, str(path / RECIPE))[0][0] in ("data", "unlabeled") for o in overrides)
     if not same_data and summary.get("n_clusters"):  # another dataset: keep the heads' trained size
         extra.append(f"run.n_clusters={int(summary['n_clusters'])}")
     if device is not None:
