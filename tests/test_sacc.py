@@ -16,7 +16,7 @@ from clustkit.errors import RecipeError
 from clustkit_sacc import (OP_NAMES, TRAIN_PY_CLUSTER_PAIRS, TRAIN_PY_INSTANCE_PAIRS, SACCClusterConfig,
                            SACCInstanceConfig, SACCViewsConfig)
 from clustkit_sacc import views as C
-from clustkit_sacc.randaugment import RandAugment, op_args
+from clustkit_sacc.randaugment import RandAugment, geometric_warp, op_args
 from naive import naive_cluster_contrast as naive_cluster, naive_nt_xent
 from conftest import REPO, FakeOut, rgb, run_recipe
 
@@ -116,6 +116,42 @@ def test_each_batched_op_matches_the_per_image_reference(op):
             assert agree(batched[i:i + 1], ref, 1e-6) > 0.97, (op, i)
         else:
             assert torch.allclose(batched[i:i + 1], ref, atol=1e-3), (op, i)  # grey weights .299 vs .2989
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_geometric_warp_samples_as_an_inverse_pixel_map(size):
+    """The batched warp against a naive reference written from the pixel map: the output pixel p
+    takes the input at A^-1 (p - c - t) + c (A: rotation or shear, t: translation, c: the centre),
+    rounded to the nearest pixel, zero outside; equal on all but the pixels whose source lies
+    within rounding of a pixel boundary."""
+    torch.manual_seed(size)
+    names = ["Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"] * 6
+    value = torch.tensor([(-1) ** i * (1 + i) for i in range(30)], dtype=torch.float32)
+    value[1::5] /= 100  # shear factors
+    value[2::5] /= 100
+    x = torch.rand(30, 2, size, size)
+    out = geometric_warp(x, names, value)
+    c = (size - 1) / 2
+    ref = torch.zeros_like(x)
+    for i, (name, v) in enumerate(zip(names, value.double().tolist())):
+        a, t = torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+        if name == "Rotate":
+            r = math.radians(v)
+            a = torch.tensor([[math.cos(r), math.sin(r)], [-math.sin(r), math.cos(r)]], dtype=torch.float64)
+        elif name == "ShearX":
+            a[0, 1] = -v
+        elif name == "ShearY":
+            a[1, 0] = -v
+        else:
+            t[0 if name == "TranslateX" else 1] = v
+        inv = torch.linalg.inv(a)
+        for yy in range(size):
+            for xx in range(size):
+                sx, sy = (inv @ (torch.tensor([xx, yy], dtype=torch.float64) - c - t) + c).tolist()
+                ix, iy = round(sx), round(sy)
+                if 0 <= ix < size and 0 <= iy < size:
+                    ref[i, :, yy, xx] = x[i, :, iy, ix]
+    assert agree(out, ref, 0.0) > 0.99
 
 
 def test_batched_randaugment_follows_each_images_draws():

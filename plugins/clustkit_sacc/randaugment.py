@@ -14,11 +14,11 @@ Contrast       factor 0.9 v/10 + 0.05                     ``adjust_contrast_with
 Equalize       -                                          torchvision's batched ``equalize``
 Identity       -                                          -
 Posterize      bits int(4 v/10) + 4                       the 8-bit levels & a mask
-Rotate         +-int(30 v/10) degrees                     one ``warp_affine`` for every
+Rotate         +-int(30 v/10) degrees                     one ``grid_sample`` for every
 Sharpness      factor 0.9 v/10 + 0.05                     ``kornia.enhance.sharpness``
 ShearX/Y       +-0.3 v/10 shear factor                    geometric op of a slot
 Solarize       threshold (256 - int(256 v/10)) / 255      ``kornia.enhance.solarize``
-TranslateX/Y   +-int(0.3 v/10 * width/height) pixels      (``warp_affine``, see above)
+TranslateX/Y   +-int(0.3 v/10 * width/height) pixels      (``grid_sample``, see above)
 =============  =========================================  ==============================
 
 All randomness (op, magnitude, sign, apply) is drawn up front from torch's global RNG, which
@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 ENHANCE = {"Brightness", "Color", "Contrast", "Sharpness"}
 GEOMETRIC_INDEX = {"Rotate": 0, "ShearX": 1, "ShearY": 2, "TranslateX": 3, "TranslateY": 4}
@@ -96,27 +97,33 @@ def colour_op(name: str, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 def geometric_warp(x: torch.Tensor, names: Sequence[str], value: torch.Tensor) -> torch.Tensor:
     """Rotate / shear / translate each image of ``x`` by its own op ``names[i]`` and ``value[i]``,
-    in one nearest-neighbour warp about the image centre (zeros outside)."""
-    from kornia.geometry.transform import warp_affine
+    in one nearest-neighbour warp about the image centre (zeros outside).
 
+    Each image's pixel map is p' = A (p - c) + c + t (A: rotation or shear, t: translation, c:
+    the centre). The grid samples its inverse, S A^-1 S^-1 (u - S t) in the [-1, 1] coordinates
+    u = S (p - c) of ``affine_grid(align_corners=True)``: kornia's ``warp_affine`` samples the
+    same, but its per-call checks and the masked writes of a general matrix cost more than the
+    warp itself on small images."""
     b, _, h, w = x.shape
     kind = torch.tensor([GEOMETRIC_INDEX[n] for n in names])
     v = value.to(torch.float64)
-    a = torch.zeros(b, 2, 3, dtype=torch.float64)
-    a[:, 0, 0] = a[:, 1, 1] = 1.0
+    zero, one = torch.zeros_like(v), torch.ones_like(v)
     rot = kind == 0
-    rad = torch.deg2rad(v[rot])        # counter-clockwise on screen, as torchvision's rotate
-    a[rot, 0, 0], a[rot, 0, 1] = torch.cos(rad), torch.sin(rad)
-    a[rot, 1, 0], a[rot, 1, 1] = -torch.sin(rad), torch.cos(rad)
-    a[kind == 1, 0, 1] = -v[kind == 1]  # shear x: the pixel at (x + s y, y) comes to (x, y)
-    a[kind == 2, 1, 0] = -v[kind == 2]
-    a[kind == 3, 0, 2] = v[kind == 3]   # translations move the content by +px
-    a[kind == 4, 1, 2] = v[kind == 4]
-    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=torch.float64)
-    a[:, :, 2] += centre - (a[:, :, :2] @ centre)
-    return warp_affine(x, a.to(x.device, x.dtype), (h, w), mode="nearest", padding_mode="zeros",
-                       align_corners=True)
-
+    rad = torch.deg2rad(torch.where(rot, v, zero))  # counter-clockwise on screen, as torchvision's rotate
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    m00, m11 = torch.where(rot, cos, one), torch.where(rot, cos, one)
+    m01 = torch.where(rot, sin, torch.where(kind == 1, -v, zero))   # shear x: (x + s y, y) comes to (x, y)
+    m10 = torch.where(rot, -sin, torch.where(kind == 2, -v, zero))
+    tx, ty = torch.where(kind == 3, v, zero), torch.where(kind == 4, v, zero)  # content moves by +px
+    det = m00 * m11 - m01 * m10
+    i00, i01, i10, i11 = m11 / det, -m01 / det, -m10 / det, m00 / det  # A^-1
+    sx, sy = 2 / max(w - 1, 1), 2 / max(h - 1, 1)
+    theta = torch.stack([
+        torch.stack([i00, i01 * sx / sy, -(i00 * tx + i01 * ty) * sx], 1),
+        torch.stack([i10 * sy / sx, i11, -(i10 * tx + i11 * ty) * sy], 1),
+    ], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [b, x.shape[1], h, w], align_corners=True)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=True)
 
 
 class RandAugment:
@@ -160,17 +167,20 @@ class RandAugment:
         active = d["apply"] & ~value.isnan()          # host tensors: no device sync
         geometric = torch.tensor([name in GEOMETRIC for name in self.ops])[d["op"]]
         x = x.clone()
+        n = len(self.ops)
+        colour_ops = [i for i, name in enumerate(self.ops) if name not in GEOMETRIC]
         for slot in range(self.n_ops):
             op, val, on = d["op"][:, slot], value[:, slot], active[:, slot]
             rows = (on & geometric[:, slot]).nonzero().flatten()
             if rows.numel():
                 idx = rows.to(x.device)
                 x[idx] = geometric_warp(x[idx], [self.ops[i] for i in op[rows].tolist()], val[rows])
-            for i, name in enumerate(self.ops):
-                if name in GEOMETRIC:
-                    continue
-                rows = (on & (op == i)).nonzero().flatten()
+            # the rows of each colour op at once: one sort of the slot's op codes (code n: none)
+            code = torch.where(on & ~geometric[:, slot], op, n)
+            rows_of = torch.split(torch.argsort(code, stable=True), torch.bincount(code, minlength=n + 1).tolist())
+            for i in colour_ops:
+                rows = rows_of[i]
                 if rows.numel():
                     idx = rows.to(x.device)
-                    x[idx] = colour_op(name, x[idx], val[rows].to(x.device, x.dtype)).clamp_(0, 1)
+                    x[idx] = colour_op(self.ops[i], x[idx], val[rows].to(x.device, x.dtype)).clamp_(0, 1)
         return x

@@ -48,8 +48,11 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float, copy_buffe
     statistics) are copied from the online network, or, with ``copy_buffers=False``, left to the
     target's own forward passes as the MoCo/BYOL reference code does (``[momentum] buffers``)."""
     online_params = dict(online.named_parameters())
-    for name, p in target.named_parameters():
-        p.mul_(momentum).add_(online_params[name].detach(), alpha=1 - momentum)
+    pairs = [(p, online_params[name].detach()) for name, p in target.named_parameters()]
+    if pairs:  # one fused call per op over all tensors (the same arithmetic as p.mul_(m).add_(o, alpha=1-m))
+        mine, theirs = [p for p, _ in pairs], [o for _, o in pairs]
+        torch._foreach_mul_(mine, momentum)
+        torch._foreach_add_(mine, theirs, alpha=1 - momentum)
     if not copy_buffers:
         return
     online_buffers = dict(online.named_buffers())
