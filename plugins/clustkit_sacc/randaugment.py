@@ -111,7 +111,7 @@ def geometric_warp(x: torch.Tensor, names: Sequence[str], value: torch.Tensor) -
     rot = kind == 0
     rad = torch.deg2rad(torch.where(rot, v, zero))  # counter-clockwise on screen, as torchvision's rotate
     cos, sin = torch.cos(rad), torch.sin(rad)
-    m00, m11 = torch.where(rot, cos, one), torch.where(rot, cos, one)
+    m00 = m11 = torch.where(rot, cos, one)  # read only below: one tensor serves both
     m01 = torch.where(rot, sin, torch.where(kind == 1, -v, zero))   # shear x: (x + s y, y) comes to (x, y)
     m10 = torch.where(rot, -sin, torch.where(kind == 2, -v, zero))
     tx, ty = torch.where(kind == 3, v, zero), torch.where(kind == 4, v, zero)  # content moves by +px
