@@ -149,9 +149,27 @@ def test_full_report_writes_every_figure_and_the_page(full: tuple[Path, list[np.
     for key in ("size_entropy", "n_empty", "min_size_ratio", "max_size_ratio", "silhouette", "wall_s"):
         assert f"<td>{key}</td>" in page
     assert "nested" not in page  # only the summary's scalars
-    assert "t-SNE" in page or "UMAP" in page  # the embedding's caption names its method
+    assert "t-SNE" in page and "UMAP" not in page  # the default map, named in its caption
     assert calls and all(i.min() >= 0 and i.max() < 120 for i in calls)
     assert len(np.concatenate(calls)) == 3 * 16  # 8 most + 8 least confident of each of 3 clusters
+
+
+@pytest.mark.parametrize("method, name", [("tsne", "t-SNE"), ("umap", "UMAP")])
+def test_embedding_keeps_separated_groups_apart(method: str, name: str) -> None:
+    """Either method maps three well separated groups of rows to three groups of points: each
+    point's nearest other point in the map belongs to its own group."""
+    from clustkit.report.embedding import embed_2d
+
+    rng = np.random.default_rng(0)
+    group = np.repeat(np.arange(3), 40)
+    x = np.eye(3, 16)[group] * 8 + rng.normal(size=(120, 16))
+    xy, used = embed_2d(x, seed=0, method=method)
+    assert used == name and xy.shape == (120, 2) and np.isfinite(xy).all()
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert (group[d.argmin(1)] == group).mean() > 0.95
+    with pytest.raises(ValueError, match="method"):
+        embed_2d(x, method="pca")  # type: ignore[arg-type]
 
 
 def test_curves_only_writes_just_the_curves_and_the_page(tmp_path: Path) -> None:

@@ -63,4 +63,5 @@ def write_run_report(ctx: RunContext, folder: Path, pred: Prediction, summary: d
     return write_report(
         folder, history=ctx.history, clusters=pred.labels, scores=pred.scores, labels=np.asarray(ctx.dataset.labels),
         images=dataset_images(ctx.dataset), features=feats, feature_index=idx, n_clusters=ctx.n_clusters,
-        title=summary.get("method", ""), summary=summary, diagnostics=diagnostics, seed=ctx.seed)
+        title=summary.get("method", ""), summary=summary, diagnostics=diagnostics, seed=ctx.seed,
+        embedding=ctx.recipe.run.report_embedding)

@@ -45,6 +45,9 @@ class RunSection(_Strict):
         "chance-corrected), 'silhouette' (backbone, sampled) or "
         "'recipe' (the [evaluation] section's; the others are still listed); docs/selection.md")
     report: bool = Field(True, description="write report.html and its figures into the run folder (docs/report.md)")
+    report_embedding: Literal["tsne", "umap"] = Field(
+        "tsne", description="the report's 2-D map of the features: scikit-learn's t-SNE (about 3 s for its 2,000 "
+        "points) or UMAP (about 10 s in a fresh process, most of it numba compiling)")
     tensorboard: bool = Field(False, description="also log each epoch's scalars to <run folder>/tensorboard")
     max_unreadable: float = Field(
         0.01, ge=0, le=1, description="unreadable images are reported once and skipped; the run stops when more "

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -50,7 +50,8 @@ def write_report(folder: Path, *, history: list[dict], clusters: np.ndarray | No
                  images: Callable[[np.ndarray], np.ndarray] | None = None, features: np.ndarray | None = None,
                  feature_index: np.ndarray | None = None, n_clusters: int | None = None, title: str = "",
                  summary: dict | None = None, diagnostics: dict[str, Any] | None = None,
-                 curves_only: bool = False, seed: int = 0) -> Path:
+                 curves_only: bool = False, seed: int = 0,
+                 embedding: Literal["tsne", "umap"] = "tsne") -> Path:
     """Write ``folder/report.html`` and its PNGs (every file atomically); return the HTML's path.
 
     ``history`` is the run's metrics.jsonl entries. ``clusters`` (one id per dataset item, -1 for
@@ -60,7 +61,8 @@ def write_report(folder: Path, *, history: list[dict], clusters: np.ndarray | No
     without its inputs is left out. ``diagnostics`` are :func:`cluster_diagnostics` of these
     inputs when the caller has them already (a run's summary); otherwise they are computed here.
     With ``curves_only`` only the loss / metric curves and the page are rewritten; the page still
-    shows the other figures a previous full report left.
+    shows the other figures a previous full report left. ``embedding``: the 2-D map's method
+    (:func:`clustkit.report.embedding.embed_2d`).
     """
     from clustkit.report import plots
     from clustkit.report.embedding import MIN_POINTS, embed_2d
@@ -115,7 +117,7 @@ def write_report(folder: Path, *, history: list[dict], clusters: np.ndarray | No
         if features is not None and fi is not None and len(fi) >= MIN_POINTS:
             x = np.asarray(features).reshape(len(features), -1)
             keep = subsample(len(fi), seed=seed)
-            xy, method = embed_2d(x[keep], seed=seed)
+            xy, method = embed_2d(x[keep], seed=seed, method=embedding)
             classes = None
             if y is not None and fi.max() < y.size and (y[fi[keep]] >= 0).any():
                 classes = y[fi[keep]]
