@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-
 from clustkit.cluster.manifold import embed, neighbor_graph
 from clustkit_manifold.evaluator import cluster_embedding
+from scipy.optimize import linear_sum_assignment
 
 
 def accuracy(y: np.ndarray, c: np.ndarray) -> float:

@@ -42,7 +42,7 @@ def embed_2d(features: np.ndarray, seed: int = 0, method: Literal["tsne", "umap"
     x = _prepare(features)
     if method == "umap":
         try:
-            import umap  # type: ignore[import-not-found]  # noqa: F401  (a dependency; t-SNE if it fails to load)
+            import umap  # type: ignore[import-not-found]  # a dependency; t-SNE if it fails to load
         except ImportError:
             umap = None
         if umap is not None:  # UMAP's defaults for a picture (min_dist 0.1), on clustkit's exact neighbours
