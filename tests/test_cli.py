@@ -33,7 +33,8 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) 
 
 def test_run_writes_the_run_folder(tiny_recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = cli("run", str(tiny_recipe), "--out", str(out), "--set", "run.eval_every=1", env={"CLUSTKIT_REPORT": "1"})
+    result = cli("run", str(tiny_recipe), "--out", str(out), "--set", "run.eval_every=1",
+                 "--set", 'run.report_embedding="umap"', env={"CLUSTKIT_REPORT": "1"})
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     for key in ("acc", "nmi", "ari", "n_clusters", "wall_s", "method", "dataset"):
@@ -62,6 +63,7 @@ def test_run_writes_the_run_folder(tiny_recipe: Path, tmp_path: Path) -> None:
         with Image.open(png) as img:
             assert img.width > 100 and img.height > 100
     assert f">{summary['acc']:.6g}<" in page  # the summary's headline, as the page prints floats
+    assert "UMAP embedding" in page and "t-SNE" not in page  # run.report_embedding reached the report
 
 
 def test_run_refuses_to_overwrite_and_bad_device_is_clean(tiny_recipe: Path, tmp_path: Path) -> None:
