@@ -4,7 +4,7 @@ UMAP on request (``run.report_embedding = "umap"``; it keeps more global structu
 t-SNE is the default because of what each costs in the fresh process of a run: on the report's
 2,000 rows t-SNE takes about 3 s on one thread, UMAP about 7 s plus 2 s of import, most of it numba
 compiling umap-learn's functions (they are not cached between processes). On a 2-minute digits
-run that is the difference between a report that costs 3 s and one that costs 10 s.
+run that is the difference between a map that costs 3 s and one that costs 9 s.
 
 Rows are L2-normalised first: clustering features are compared by cosine, and on unit vectors the
 Euclidean distance both methods use orders neighbours the same way.
