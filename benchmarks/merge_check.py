@@ -16,16 +16,8 @@ import argparse
 
 import numpy as np
 from clustkit.cluster.manifold import embed, neighbor_graph
+from clustkit.cluster.metrics import cluster_acc
 from clustkit_manifold.evaluator import cluster_embedding
-from scipy.optimize import linear_sum_assignment
-
-
-def accuracy(y: np.ndarray, c: np.ndarray) -> float:
-    k = int(max(y.max(), c.max())) + 1
-    m = np.zeros((k, k), int)
-    np.add.at(m, (y, c), 1)
-    r, cc = linear_sum_assignment(-m)
-    return float(m[r, cc].sum() / len(y))
 
 
 def merge_by_edges(labels: np.ndarray, neighbors: np.ndarray, k: int) -> np.ndarray:
@@ -58,9 +50,9 @@ def main() -> None:
         y = np.load(f"{folder}/labels.npy")
         graph = neighbor_graph(x, 15, "cosine")
         z = embed(x, args.k, 15, 0.0, "cosine", int(seed), graph)
-        row = [accuracy(y, cluster_embedding(z, args.k, "gmm", 5, int(seed))[0])]
+        row = [cluster_acc(y, cluster_embedding(z, args.k, "gmm", 5, int(seed))[0])]
         for over in map(int, args.over.split(",")):
-            row.append(accuracy(y, merge_by_edges(cluster_embedding(z, over, "gmm", 5, int(seed))[0], graph[0], args.k)))
+            row.append(cluster_acc(y, merge_by_edges(cluster_embedding(z, over, "gmm", 5, int(seed))[0], graph[0], args.k)))
         print(f"| {folder} | " + " | ".join(f"{a:.3f}" for a in row) + " |", flush=True)
 
 

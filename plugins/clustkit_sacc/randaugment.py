@@ -136,6 +136,8 @@ class RandAugment:
         self.max_magnitude = max_magnitude
         self.p = p
         self._tables: dict[tuple[int, int], torch.Tensor] = {}
+        self._is_geometric = torch.tensor([name in GEOMETRIC for name in self.ops], dtype=torch.bool)
+        self._colour_ops = [i for i, name in enumerate(self.ops) if name not in GEOMETRIC]
 
     def sample(self, batch: int) -> dict[str, torch.Tensor]:
         """The random draws for a batch (B x n_ops each), from torch's global RNG."""
@@ -165,10 +167,9 @@ class RandAugment:
         d = draws if draws is not None else self.sample(x.shape[0])
         value = self.table(x.shape[-2], x.shape[-1])[d["op"], d["mag"], d["sign"]]
         active = d["apply"] & ~value.isnan()          # host tensors: no device sync
-        geometric = torch.tensor([name in GEOMETRIC for name in self.ops])[d["op"]]
+        geometric = self._is_geometric[d["op"]]
         x = x.clone()
         n = len(self.ops)
-        colour_ops = [i for i, name in enumerate(self.ops) if name not in GEOMETRIC]
         for slot in range(self.n_ops):
             op, val, on = d["op"][:, slot], value[:, slot], active[:, slot]
             rows = (on & geometric[:, slot]).nonzero().flatten()
@@ -178,7 +179,7 @@ class RandAugment:
             # the rows of each colour op at once: one sort of the slot's op codes (code n: none)
             code = torch.where(on & ~geometric[:, slot], op, n)
             rows_of = torch.split(torch.argsort(code, stable=True), torch.bincount(code, minlength=n + 1).tolist())
-            for i in colour_ops:
+            for i in self._colour_ops:
                 rows = rows_of[i]
                 if rows.numel():
                     idx = rows.to(x.device)
