@@ -61,6 +61,9 @@ class GroupConfig(_DigProLossConfig):
     reset_every: int | None = Field(None, ge=1, description="k-means re-initialisation period in iterations; "
                                     "default: n_groups (DigPro)")
     reset_spherical: bool = Field(False, description="spherical k-means for the reset (reference: Euclidean)")
+    reset_n_init: int | None = Field(None, ge=1, description="k-means restarts for the reset; default: the "
+                                     "[grouping] section's (reference: sklearn KMeans' default, one k-means++ "
+                                     "run since scikit-learn 1.4)")
     grad_through_groups: bool = Field(True, description="the updated groups keep the (1-β)·mean(q) gradient "
                                       "path, as lightly's update (false: groups are constants)")
     double_ema: bool = Field(False, description="the reference's extra EMA step per non-reset iteration")

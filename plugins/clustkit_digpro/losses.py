@@ -198,7 +198,7 @@ class GroupLoss(_DigProLoss):
             return False
         bank = self.bank[: self.filled] if self.filled < self.bank.shape[0] else self.bank
         result = ctx.group(bank.detach().cpu(), self.k, spherical=self.cfg.reset_spherical,
-                           seed=ctx.seed * 1_000_003 + n_iter)
+                           seed=ctx.seed * 1_000_003 + n_iter, n_init=self.cfg.reset_n_init)
         centroids = torch.as_tensor(result.centroids, dtype=self.groups.dtype, device=self.groups.device)
         self.groups = F.normalize(centroids, dim=1)
         self.resets += 1
