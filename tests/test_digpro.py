@@ -355,7 +355,8 @@ def test_double_ema_step_in_update_prototypes(digpro_recipe: Path, plugin_set) -
 @pytest.mark.parametrize("reset_n_init", [None, 1])
 def test_group_reset_runs_the_groupers_kmeans_with_its_restarts(reset_n_init, digpro_recipe: Path, plugin_set) -> None:
     """The bank's k-means takes ``reset_n_init`` restarts when set, else the [grouping] section's
-    (3): its unit centroids are those of clustkit's k-means with that many restarts and the seed."""
+    (3 by default): its unit centroids are those of clustkit's k-means with that many restarts and
+    the seed."""
     from clustkit.cluster.kmeans import kmeans
 
     ps = plugin_set()
@@ -365,10 +366,12 @@ def test_group_reset_runs_the_groupers_kmeans_with_its_restarts(reset_n_init, di
     group.bank.copy_(torch.randn(256, 16, generator=_g(2)))  # no clusters: restarts end in different optima
     group.filled = 256
     assert group.reset_groups(ctx, n_iter=20)
-    for n_init in (1, 3):
-        want = kmeans(group.bank, 10, n_init=n_init, max_iter=100, seed=ctx.seed * 1_000_003 + 20)
+    grouping = ctx.recipe.grouping
+    assert grouping.n_init == 3  # the grouper's default, so the two cases differ
+    for n_init in (1, grouping.n_init):
+        want = kmeans(group.bank, 10, n_init=n_init, max_iter=grouping.max_iter, seed=ctx.seed * 1_000_003 + 20)
         same = torch.allclose(group.groups, torch.nn.functional.normalize(torch.as_tensor(want.centroids), dim=1))
-        assert same == (n_init == (reset_n_init or 3)), n_init
+        assert same == (n_init == (reset_n_init or grouping.n_init)), n_init
 
 
 def test_tiny_run_end_to_end_and_checkpoint_round_trip(digpro_recipe: Path, plugin_set, tmp_path: Path) -> None:
