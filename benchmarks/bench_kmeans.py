@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from clustkit.cluster.kmeans import faiss_available, kmeans
+from clustkit.cluster.backend import faiss_available
+from clustkit.cluster.kmeans import kmeans
 
 Runner = Callable[[np.ndarray, int, int, int], tuple[float, int]]
 

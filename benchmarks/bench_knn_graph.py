@@ -19,7 +19,7 @@ import tracemalloc
 
 import numpy as np
 
-from clustkit.cluster.kmeans import faiss_available
+from clustkit.cluster.backend import faiss_available
 from clustkit.cluster.neighbors import knn_graph
 
 GB = 1e9

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clustkit.bench.execute import CHILD as _CHILD  # the bench's run process: records its peak RSS
+
 MODES = ("memory", "folder", "shards")
-_CHILD = "from clustkit.bench.execute import child_main; child_main()"  # records peak RSS (clustkit bench's)
 
 
 def _images(n: int, size: int, seed: int, start: int) -> np.ndarray:

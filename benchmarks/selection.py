@@ -1,7 +1,7 @@
 """How often does the label-free choice of a run's output pick the best candidate?
 
 For every finished run folder given, recompute the run's candidate clusterings from its checkpoint
-once (the run's own code path: ``clustkit.engine.candidates``), let each criterion choose
+once (the run's own code path: ``clustkit.engine.evaluation``), let each criterion choose
 (``agreement``, ``neighbors``, ``silhouette``, ``recipe``), and compare the chosen candidate's ACC
 with the best candidate's ACC by labels (the researcher's check). Prints a markdown table, one row
 per run and a summary per criterion. ``--set`` changes the recipe first, e.g. to add a UMAP
@@ -22,25 +22,23 @@ from clustkit import load_run
 from clustkit.cluster.diagnostics import cluster_diagnostics
 from clustkit.cluster.metrics import cluster_acc
 from clustkit.cluster.selection import CRITERIA, select
-from clustkit.engine.candidates import candidate_name, run_candidates, sample_neighbors
-from clustkit.engine.reporting import sample_features
-from clustkit.engine.run import evaluate
+from clustkit.engine.evaluation import evaluation, run_candidates, sample_features, sample_neighbors
 
 
 def choices(run) -> tuple[dict[str, float], dict[str, str]]:
     """(ACC of every candidate, the candidate each criterion chooses) for one loaded run."""
-    ctx = run.ctx
+    ctx, state = run.ctx, run.state
     features = ctx.extract_spaces(["backbone", *ctx.model.heads])
-    recipe_pred, _ = evaluate(ctx)
-    candidates = run_candidates(ctx, recipe_pred, every_space=True, features=features)
+    recipe_pred = evaluation(state)
+    candidates = run_candidates(state, recipe_pred, every_space=True, features=features)
     labels = {n: p.labels for n, p in candidates.items()}
-    idx, feats = sample_features(ctx)
+    idx, feats = sample_features(state)
     silhouettes = {n: cluster_diagnostics(p.labels, ctx.n_clusters, feats, feature_index=idx).get("silhouette")
                    for n, p in candidates.items()}
     near = sample_neighbors(features["backbone"], idx)
     truth = np.asarray(ctx.dataset.labels)
     accs = {n: cluster_acc(truth, p.labels) for n, p in candidates.items()}
-    chosen = {c: select(labels, c, candidate_name(recipe_pred), silhouettes, near).chosen for c in CRITERIA}
+    chosen = {c: select(labels, c, recipe_pred.name, silhouettes, near).chosen for c in CRITERIA}
     return accs, chosen
 
 

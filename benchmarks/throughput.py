@@ -124,7 +124,9 @@ def time_steps(path: Path, overrides: list[str], batch: int, args: argparse.Name
     and optimizer with no data fetch and no augmentation."""
     import torch
 
-    from clustkit.engine.build import build_run, loss_callers
+    from dataclasses import replace
+
+    from clustkit.engine.build import build_run
     from clustkit.engine.step import train_step
     from clustkit.recipe import load
 
@@ -134,11 +136,12 @@ def time_steps(path: Path, overrides: list[str], batch: int, args: argparse.Name
                  "run.eval_every=0", "run.num_workers=0"]
     recipe = load(path, plugins.registry, overrides, installed_plugins=list(plugins.info))
     with contextlib.redirect_stderr(io.StringIO()):
-        ctx = build_run(recipe, plugins, None)
-        ctx.hook.on_run_start(ctx=ctx)
-        ctx.hook.on_epoch_start(ctx=ctx)
+        run = build_run(recipe, plugins, None)
+        ctx = run.ctx
+        run.hooks.hook.on_run_start(ctx=ctx)
+        run.hooks.hook.on_epoch_start(ctx=ctx)
     ctx.model.train()
-    losses = loss_callers(ctx.pm, ctx.components, [k for k in ctx.components if k.startswith("losses.")])
+    losses = run.components.losses  # every loss of the recipe, in recipe order
     cuda = ctx.device.type == "cuda"
 
     def batches(source: Any) -> Any:
@@ -149,13 +152,14 @@ def time_steps(path: Path, overrides: list[str], batch: int, args: argparse.Name
 
     it = batches(ctx.source)
     first = next(it)
-    n_views = len(ctx.hook.make_views(images=first[0][:2], train=True, ctx=ctx) or {})
+    n_views = len(ctx.make_views(first[0][:2], train=True))
     if ready_views:
-        made = ctx.hook.make_views(images=first[0], train=True, ctx=ctx)
-        ctx.hook.make_views = lambda **_: made        # the benchmark's own process: no one else calls it
+        made = ctx.make_views(first[0], train=True)
+        # the benchmark's own process: the view generator hands back the views made once
+        run.components.views = replace(run.components.views, call=lambda **_: made)
         it = iter(lambda: first, None)
     for _ in range(args.warmup):
-        train_step(ctx, next(it), losses)
+        train_step(run, next(it), losses)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -164,7 +168,7 @@ def time_steps(path: Path, overrides: list[str], batch: int, args: argparse.Name
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        train_step(ctx, next(it), losses)
+        train_step(run, next(it), losses)
         if cuda and args.sync_each_step:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

@@ -27,8 +27,8 @@ def main() -> None:
     from PIL import Image
 
     import clustkit
-    from clustkit.engine.reporting import sample_features, write_run_report
-    from clustkit.engine.run import evaluate
+    from clustkit.engine.evaluation import evaluation, sample_features
+    from clustkit.engine.reporting import write_run_report
 
     rows: list[tuple[str, float, str]] = []
     t = time.perf_counter()
@@ -57,10 +57,10 @@ def main() -> None:
     feats = run.features("backbone")
     rows.append(("export backbone features", time.perf_counter() - t, f"{feats.shape}"))
     t = time.perf_counter()
-    pred, _ = evaluate(run.ctx)
-    features = sample_features(run.ctx)
+    pred = evaluation(run.state)
+    features = sample_features(run.state)
     with tempfile.TemporaryDirectory() as tmp:
-        write_run_report(run.ctx, Path(tmp), pred, {"method": "benchmark"}, features)
+        write_run_report(run.state, Path(tmp), pred, {"method": "benchmark"}, features)
         pngs = sorted(p.name for p in (Path(tmp) / "report").glob("*.png"))
     rows.append(("report (evaluation, 2,000-item sample, figures)", time.perf_counter() - t, ", ".join(pngs)))
 

@@ -30,7 +30,7 @@ def _app() -> typer.Typer:
 
     if any(c.name == "bench" or getattr(c.callback, "__name__", "") == "bench" for c in app.registered_commands):
         return app
-    from clustkit.bench.command import bench
+    from clustkit.cli.bench import bench
 
     local = typer.Typer()
     local.command()(bench)

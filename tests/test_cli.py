@@ -28,7 +28,8 @@ def on_epoch_end(ctx, logs):
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {})}
-    return subprocess.run([clustkit_exe(), *args], capture_output=True, text=True, env=full, cwd=cwd, timeout=600)
+    return subprocess.run([clustkit_exe(), *args], check=False, capture_output=True, text=True, env=full, cwd=cwd,
+                          timeout=600)
 
 
 def test_run_writes_the_run_folder(tiny_recipe: Path, tmp_path: Path) -> None:
@@ -95,6 +96,39 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tiny_recipe: Path, 
     assert summary["nmi"] == pytest.approx(reference["nmi"], abs=1e-9)
 
 
+def test_run_threads_sets_the_torch_threads_of_the_run(tiny_recipe: Path, tmp_path: Path, plugin_set,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process, so that the caller's thread count (3, whatever the machine) differs from --threads 1."""
+    import torch
+    from typer.testing import CliRunner
+
+    from clustkit import hookimpl
+    from clustkit.cli import app
+    from clustkit.plugin_system import manager
+
+    class ThreadsSpy:
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        @hookimpl
+        def on_epoch_end(self, ctx, logs) -> None:
+            self.seen.append(torch.get_num_threads())
+
+    spy = ThreadsSpy()
+    monkeypatch.setattr(manager, "_DEFAULT", plugin_set(("threads_spy", spy)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        result = CliRunner().invoke(app, ["run", str(tiny_recipe), "--out", str(tmp_path / "run"),
+                                          "--set", "run.epochs=1", "--threads", "1"])
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 0, result.output
+    assert spy.seen == [1]  # the run trained with one thread
+    assert after == 3  # and gave the caller its own setting back
+
+
 def test_resume_with_a_changed_recipe_is_refused(tiny_recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert cli("run", str(tiny_recipe), "--out", str(out), "--set", "run.epochs=1").returncode == 0
@@ -103,8 +137,8 @@ def test_resume_with_a_changed_recipe_is_refused(tiny_recipe: Path, tmp_path: Pa
 
 
 def test_unlabelled_folder_writes_assignments_without_metrics(tmp_path: Path) -> None:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -167,7 +201,7 @@ def test_help_does_not_import_torch() -> None:
             "r = CliRunner().invoke(app, ['plugins', '--show', 'cc']); assert r.exit_code == 0, r.output; "
             "r = CliRunner().invoke(app, ['plugins', '--show', 'digpro', '--json']); assert r.exit_code == 0, r.output; "
             "print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import inspect
 import io
 import os
 import pickle
@@ -30,9 +31,8 @@ from clustkit.data import (
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CLUSTKIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-IMAGENET10 = (
-    "n02056570 n02085936 n02128757 n02690373 n02692877 n03095699 n04254680 n04285008 n04467665 n07747607"
-).split()
+IMAGENET10 = ["n02056570", "n02085936", "n02128757", "n02690373", "n02692877", "n03095699", "n04254680", "n04285008",
+              "n04467665", "n07747607"]
 
 
 def shared(sub: str) -> Path:
@@ -111,6 +111,42 @@ def test_import_is_light():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == ""
+
+
+FILE_DATASETS = {"image_folder", "imagenet10", "imagenet_dogs", "tiny_imagenet", "webdataset"}  # data.in_memory
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_each_dataset_config_holds_exactly_its_loaders_options(name):
+    """The recipe's [data] options go to the loader unfiltered, so each dataset's config model takes
+    exactly its loader's options (and in_memory for image files; digits needs no root), defaulting as it does."""
+    from clustkit.builtin.dataset_configs import DATASET_CONFIGS
+
+    assert set(DATASET_CONFIGS) == set(DATASETS)
+    fields = DATASET_CONFIGS[name].model_fields
+    params = inspect.signature(DATASETS[name]).parameters
+    expected = (set(params) - ({"root"} if name == "digits" else set())) | {"name"}
+    assert set(fields) == expected | ({"in_memory"} if name in FILE_DATASETS else set())
+    for key in set(params) & set(fields):
+        assert fields[key].default == params[key].default, key
+
+
+def test_the_dataset_component_passes_every_option_to_the_loader(tmp_path, plugin_set):
+    """An option set to what used to be the shared default (channels = 3) still reaches the loader."""
+    registry = plugin_set().registry
+
+    def build(section: dict):
+        spec = registry.get("dataset", section["name"])
+        return spec.build(spec.config_model().model_validate(section), None)
+
+    check_contract(build({"name": "digits", "channels": 3, "image_size": 12}), 1797, (3, 12, 12))
+    check_contract(build({"name": "digits"}), 1797, (1, 8, 8))
+    make_folder(tmp_path, {"cats": 2, "dogs": 1})
+    folder = {"name": "image_folder", "root": str(tmp_path), "image_size": 8, "classes": ["dogs", "cats"]}
+    lazy = build({**folder, "in_memory": False, "channels": 1})
+    assert isinstance(lazy, FolderDataset) and lazy.class_names == ["dogs", "cats"]
+    check_contract(lazy, 3, (1, 8, 8))
+    assert isinstance(build(folder), InMemoryDataset)  # in_memory = "auto": three small images fit
 
 
 # ----------------------------------------------------------------------------- digits
@@ -460,8 +496,7 @@ def test_stl10_binary(tmp_path):
         (folder / name).write_bytes(np.ascontiguousarray(x.transpose(0, 1, 3, 2)).tobytes())  # column-major
     (folder / "train_y.bin").write_bytes(bytes([1, 2, 10]))
     (folder / "test_y.bin").write_bytes(bytes([3, 4]))
-    (folder / "class_names.txt").write_text("\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse",
-                                                        "monkey", "ship", "truck"]) + "\n")
+    (folder / "class_names.txt").write_text("airplane\nbird\ncar\ncat\ndeer\ndog\nhorse\nmonkey\nship\ntruck\n")
     ds = load_dataset("stl10", root=tmp_path)
     check_contract(ds, 5, (3, 96, 96))
     np.testing.assert_array_equal(ds.images.numpy(), np.concatenate([train, test]))
@@ -503,7 +538,7 @@ def test_image_folder_labelled(tmp_path):
     big = load_dataset("image_folder", root=tmp_path)
     assert big.image_size == (224, 224)
     loader = torch.utils.data.DataLoader(pickle.loads(pickle.dumps(ds)), batch_size=4)
-    imgs, labels, idx = next(iter(loader))
+    imgs, _, idx = next(iter(loader))
     assert imgs.shape == (4, 3, 16, 16) and imgs.dtype == torch.uint8 and idx.tolist() == [0, 1, 2, 3]
     mem = ds.to_memory()
     assert isinstance(mem, InMemoryDataset) and torch.equal(mem.images[5], ds[5][0])

@@ -246,14 +246,14 @@ def test_recipe_build_shares_the_trunk_and_rejects_big_kf(plugin_set):
 
     ps = plugin_set()
     recipe = load(REPO / "recipes" / "dchl.toml", ps.registry, ["backbone.width=8"])
-    ctx = Run(recipe, ps, None).build()
-    heads = ctx.model.heads
+    run = Run(recipe, ps, None).build()
+    heads = run.ctx.model.heads
     assert heads["cluster"].trunk is heads["fine"].trunk
-    n_opt = sum(p.numel() for g in ctx.optimizer.param_groups for p in g["params"])
-    assert n_opt == sum(p.numel() for p in ctx.model.parameters())  # shared trunk counted once
-    assert {"losses.instance", "losses.cluster", "losses.group"} <= set(ctx.components)
+    n_opt = sum(p.numel() for g in run.optimizer.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in run.ctx.model.parameters())  # shared trunk counted once
+    assert {"losses.instance", "losses.cluster", "losses.group"} <= set(run.components.by_key)
     zero = load(REPO / "recipes" / "dchl.toml", ps.registry, ["backbone.width=8", "losses.group.weight=0"])
-    assert "losses.group" not in Run(zero, ps, None).build().components
+    assert "losses.group" not in Run(zero, ps, None).build().components.by_key
     big = load(REPO / "recipes" / "dchl.toml", ps.registry, ["losses.group.allow_degenerate=false"])
     with pytest.raises(RecipeError, match="losses.group.groups.*run.batch_size is 128"):
         Run(big, ps, None).build()
@@ -291,9 +291,9 @@ def test_dchl_without_its_group_branch_is_cc_bit_for_bit(plugin_set, tmp_path: P
 
     def three_steps(recipe: Path, extra: list[str]) -> list[dict[str, float]]:
         run = Run(load(recipe, ps.registry, ["backbone.width=8", *extra]), ps, None)
-        ctx = run.build()
-        losses, batches = run.passes(ctx)["data"], ctx.source.train_batches(0)
-        return [{k: float(v) for k, v in train_step(ctx, next(batches), losses).items()} for _ in range(3)]
+        state = run.build()
+        losses, batches = run.passes(state)["data"], state.ctx.source.train_batches(0)
+        return [{k: float(v) for k, v in train_step(state, next(batches), losses).items()} for _ in range(3)]
 
     dchl, cc = three_steps(path, []), three_steps(REPO / "recipes" / "cc.toml", [])
     assert dchl == cc and set(cc[0]) == {"instance", "cluster", "loss"}

@@ -159,9 +159,10 @@ def test_the_engine_step_follows_momentum_buffers(buffers: str, digpro_recipe: P
     from clustkit.engine.step import train_step
 
     ps = plugin_set()
-    ctx = Run(load(digpro_recipe, ps.registry, [f'momentum.buffers="{buffers}"']), ps, None).build()
-    losses = Run(ctx.recipe, ps, None).passes(ctx)["data"]
-    train_step(ctx, next(ctx.source.train_batches(0)), losses)
+    run = Run(load(digpro_recipe, ps.registry, [f'momentum.buffers="{buffers}"']), ps, None).build()
+    ctx = run.ctx
+    losses = Run(ctx.recipe, ps, None).passes(run)["data"]
+    train_step(run, next(ctx.source.train_batches(0)), losses)
     online = dict(ctx.model.named_buffers())
     means = [(n, b) for n, b in ctx.momentum_model.named_buffers() if n.endswith("running_mean")]
     assert means
@@ -325,15 +326,16 @@ def test_recipe_without_momentum_projector_is_rejected(digpro_recipe: Path, plug
 
 def test_double_ema_step_in_update_prototypes(digpro_recipe: Path, plugin_set) -> None:
     ps = plugin_set()
-    ctx = Run(load(digpro_recipe, ps.registry), ps, None).build()
-    group = ctx.components["losses.group"]
+    run = Run(load(digpro_recipe, ps.registry), ps, None).build()
+    ctx = run.ctx
+    group = run.components.by_key["losses.group"]
     with torch.no_grad():
         for p in ctx.model.parameters():
             p.add_(0.1)
     from clustkit.engine.step import StepOutputs
 
     x, y, idx = next(ctx.source.train_batches(0))
-    out = StepOutputs(ctx, x, y, idx, ctx.hook.make_views(images=x, train=True, ctx=ctx))
+    out = StepOutputs(ctx, x, y, idx, ctx.make_views(x, train=True))
     online = dict(ctx.model.named_parameters())
 
     def run_hook(step: int) -> dict[str, torch.Tensor]:
@@ -361,8 +363,9 @@ def test_group_reset_runs_the_groupers_kmeans_with_its_restarts(reset_n_init, di
 
     ps = plugin_set()
     extra = [] if reset_n_init is None else [f"losses.group.reset_n_init={reset_n_init}"]
-    ctx = Run(load(digpro_recipe, ps.registry, extra), ps, None).build()
-    group = ctx.components["losses.group"]
+    run = Run(load(digpro_recipe, ps.registry, extra), ps, None).build()
+    ctx = run.ctx
+    group = run.components.by_key["losses.group"]
     group.bank.copy_(torch.randn(256, 16, generator=_g(2)))  # no clusters: restarts end in different optima
     group.filled = 256
     assert group.reset_groups(ctx, n_iter=20)
@@ -392,11 +395,10 @@ def test_tiny_run_end_to_end_and_checkpoint_round_trip(digpro_recipe: Path, plug
     assert labels.shape == (1797,) and labels.min() >= 0 and len(labels.unique()) > 1
 
     # a fresh run restores every piece of state
-    run2 = Run(load(digpro_recipe, ps.registry), ps, out)
-    ctx = run2.build()
-    group, proto = ctx.components["losses.group"], ctx.components["losses.proto"]
+    run2 = Run(load(digpro_recipe, ps.registry), ps, out).build()
+    group, proto = run2.components.by_key["losses.group"], run2.components.by_key["losses.proto"]
     assert not torch.equal(group.groups.cpu(), groups)
-    assert ctx.checkpointer.restore(ctx)
+    assert run2.checkpointer.restore(run2)
     assert torch.equal(group.groups.cpu(), groups) and torch.equal(group.bank.cpu(), bank)
     assert (group.ptr, group.filled, group.resets) == (state["losses.group.ptr"], 256, state["losses.group.resets"])
     assert torch.equal(proto.pseudo_labels.cpu(), labels) and proto.labelled_epoch == 1
@@ -407,9 +409,9 @@ def test_tiny_run_end_to_end_and_checkpoint_round_trip(digpro_recipe: Path, plug
 
 def test_zero_weight_term_is_not_built(digpro_recipe: Path, plugin_set) -> None:
     ps = plugin_set()
-    ctx = Run(load(digpro_recipe, ps.registry, ["losses.proto.weight=0", "losses.group.weight=0"]), ps, None).build()
-    assert "losses.proto" not in ctx.components and "losses.group" not in ctx.components
-    assert "losses.byol" in ctx.components
+    run = Run(load(digpro_recipe, ps.registry, ["losses.proto.weight=0", "losses.group.weight=0"]), ps, None).build()
+    assert "losses.proto" not in run.components.by_key and "losses.group" not in run.components.by_key
+    assert "losses.byol" in run.components.by_key
 
 
 @pytest.mark.parametrize("dataset", ["imagenet10", "imagenet_dogs", "tiny_imagenet"])

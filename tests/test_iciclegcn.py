@@ -337,11 +337,12 @@ def test_tiny_end_to_end_and_resume_in_stage2(tmp_path: Path) -> None:
 
         @hookimpl
         def on_run_start(ctx):
-            refiner, save = ctx.components["refine.gcn"], ctx.save_checkpoint
+            run = ctx._run  # the test reaches into the engine; a plugin never does
+            refiner, save = run.components.by_key["refine.gcn"], ctx.save_checkpoint
 
             def save_then_die():
                 save()
-                if ctx.phase == "post" and refiner.iteration >= int(os.environ["ICICLE_KILL_AT"]):
+                if run.phase == "post" and refiner.iteration >= int(os.environ["ICICLE_KILL_AT"]):
                     os.kill(os.getpid(), signal.SIGKILL)
 
             ctx.save_checkpoint = save_then_die

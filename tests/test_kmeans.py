@@ -11,7 +11,8 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from clustkit.cluster.kmeans import KMeansResult, faiss_available, kmeans, torch_kmeans
+from clustkit.cluster.backend import faiss_available
+from clustkit.cluster.kmeans import KMeansResult, kmeans, torch_kmeans
 
 # faiss is a dependency of clustkit (faiss-cpu, or faiss-gpu on GPU machines): a missing faiss
 # fails these tests rather than skipping them.
@@ -104,7 +105,7 @@ def test_torch_reseeds_empty_clusters_with_duplicates() -> None:
 
 def test_torch_empty_cluster_from_bad_init_is_repaired() -> None:
     # Lloyd started from a centre far from every point leaves that cluster empty.
-    from clustkit.cluster import kmeans as km
+    from clustkit.cluster import lloyd as km
 
     x = torch.tensor([[0.0], [0.2], [5.0], [5.2], [9.0], [9.2]])
     x_sq = (x * x).sum(1)

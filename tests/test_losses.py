@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -129,16 +130,30 @@ def test_pairs_are_checked_against_the_view_generator_when_built() -> None:
         InstanceContrast(InstanceContrastConfig(name="x", pairs=[("weak1", "weak1")]), build_ctx("losses.instance"))
 
 
+def _loss(returns: Any) -> Any:
+    """A bound loss component as the engine holds one (``call`` by keyword, ``describe`` for errors)."""
+    return SimpleNamespace(call=lambda out, ctx: returns, describe=lambda: "loss 'x' of [losses.x] (plugin 'p')")
+
+
 def test_engine_names_terms_after_recipe_keys_and_applies_weights() -> None:
-    """A tensor becomes the term ``<id>``, a dict ``<id>_<part>``; each is multiplied by the weight."""
+    """A tensor becomes the term ``<id>``, a dict ``<id>_<part>``; each is multiplied by the weight;
+    the losses are called in recipe order; a wrong return is an error naming the component."""
+    from clustkit.errors import PluginError
+
     t1, t2, t3 = torch.tensor(2.0), torch.tensor(3.0), torch.tensor(5.0)
-    recipe = SimpleNamespace(losses={"instance": SimpleNamespace(weight=0.5), "group": SimpleNamespace(weight=2.0)})
-    ctx = SimpleNamespace(recipe=recipe)
-    losses = {"instance": lambda out, ctx: [t1], "group": lambda out, ctx: [{"self": t2, "cross": t3}]}
-    terms = loss_terms(ctx, None, losses)
-    assert list(terms) == ["group_self", "group_cross", "instance"]  # called last first, as pluggy calls hooks
-    assert [float(v) for v in terms.values()] == [6.0, 10.0, 1.0]
-    with pytest.raises(RuntimeError, match="named 'instance'"):
-        loss_terms(ctx, None, {"instance": lambda out, ctx: [t1, t1]})  # two answers, one name
+    weights = {"instance": 0.5, "group": 2.0, "a": 1.0, "a_b": 1.0}
+    run = SimpleNamespace(recipe=SimpleNamespace(losses={k: SimpleNamespace(weight=w) for k, w in weights.items()}),
+                          ctx=None)
+    terms = loss_terms(run, None, {"instance": _loss(t1), "group": _loss({"self": t2, "cross": t3})})
+    assert list(terms) == ["instance", "group_self", "group_cross"]  # recipe order
+    assert [float(v) for v in terms.values()] == [1.0, 6.0, 10.0]
+    assert list(loss_terms(run, None, {"group": _loss({"self": t2}), "instance": _loss(t1)})) == ["group_self",
+                                                                                                 "instance"]
+    with pytest.raises(PluginError, match="term 'a_b', which another loss"):  # two components give one name
+        loss_terms(run, None, {"a": _loss({"b": t1}), "a_b": _loss(t2)})
+    with pytest.raises(PluginError, match="returned list from compute_loss"):
+        loss_terms(run, None, {"instance": _loss([t1])})
+    with pytest.raises(PluginError, match=r"shape \(2,\)"):
+        loss_terms(run, None, {"instance": _loss(torch.ones(2))})
     with pytest.raises(RuntimeError, match="no loss term"):
-        loss_terms(ctx, None, {"group": lambda out, ctx: [{}]})
+        loss_terms(run, None, {"group": _loss({})})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clustkit.cluster import neighbors
+from clustkit.cluster import search
 from clustkit.cluster.neighbors import knn, knn_graph
 
 BACKENDS = [
@@ -83,7 +83,7 @@ def test_knn_among_some_rows_returns_rows_of_x(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_knn_torch_blocks_and_faiss_chunks(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(neighbors, "_BLOCK_BYTES", 4 * 200 * 17)  # 17-row torch blocks
+    monkeypatch.setattr(search, "_BLOCK_BYTES", 4 * 200 * 17)  # 17-row torch blocks
     x = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
     _, idx = knn(x, 5, backend=backend, chunk=33)
     np.testing.assert_array_equal(idx, brute_knn(x, 5, True)[1])
@@ -105,7 +105,7 @@ def test_knn_exclude_self_with_duplicates(backend: str) -> None:
 def test_drop_self_falls_back_to_last_column() -> None:
     dist = np.array([[0.0, 0.0, 0.0]], dtype=np.float32)
     idx = np.array([[4, 5, 6]])  # query 0 was crowded out by its copies
-    d, i = neighbors._drop_self(dist, idx)
+    d, i = search.drop_self(dist, idx)
     np.testing.assert_array_equal(i, [[4, 5]])
     assert d.shape == (1, 2)
 

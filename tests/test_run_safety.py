@@ -212,3 +212,45 @@ def test_tensorboard_gets_every_epochs_scalars(tiny_recipe: Path, tmp_path: Path
     assert [e.step for e in events.Scalars("loss/instance")] == [1, 2]
     summary = json.loads((out / "summary.json").read_text())
     assert events.Scalars("metrics/acc")[-1].value == pytest.approx(summary["acc"], abs=1e-6)
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:4000])  # a checkpoint cut short (a full disk, an interrupted copy)
+
+
+def test_resume_from_a_damaged_checkpoint_says_so_and_that_no_earlier_one_is_kept(tiny_recipe: Path,
+                                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert cli("run", str(tiny_recipe), "--out", str(out), "--set", "run.epochs=1", *NO_REPORT).returncode == 0
+    _cut(out / "checkpoints" / "last.pt")
+    before = _digest(out)
+    result = cli("run", str(tiny_recipe), "--out", str(out), "--resume", *NO_REPORT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    text = " ".join(result.stderr.split())
+    assert f"{out / 'checkpoints' / 'last.pt'} is damaged" in text and "No earlier checkpoint is kept" in text
+    assert _digest(out) == before  # nothing written, nothing removed
+
+
+def test_with_kept_checkpoints_a_damaged_one_names_the_intact_one_to_continue_from(tiny_recipe: Path,
+                                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    keep = ["--set", "run.keep_checkpoints=2", *NO_REPORT]
+    assert cli("run", str(tiny_recipe), "--out", str(out), "--set", "run.epochs=3", *keep).returncode == 0
+    folder = out / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["epoch-0002.pt", "epoch-0003.pt", "last.pt"]
+    assert (folder / "epoch-0003.pt").read_bytes() == (folder / "last.pt").read_bytes()
+    # extend the run to 5 epochs, and lose the newest checkpoint on the way (last.pt and its twin)
+    assert cli("run", str(tiny_recipe), "--out", str(out), "--resume", "--set", "run.epochs=4", *keep).returncode == 0
+    _cut(folder / "last.pt")  # a hard link: epoch-0004.pt is cut too
+    result = cli("run", str(tiny_recipe), "--out", str(out), "--resume", "--set", "run.epochs=5", *keep)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    text = " ".join(result.stderr.split())
+    assert f"An earlier checkpoint is intact: {folder / 'epoch-0003.pt'}" in text
+    # doing what the message says continues the run from epoch 3
+    os.replace(folder / "last.pt", folder / "last.pt.damaged")
+    (folder / "last.pt").write_bytes((folder / "epoch-0003.pt").read_bytes())
+    (folder / "epoch-0004.pt").unlink()
+    resumed = cli("run", str(tiny_recipe), "--out", str(out), "--resume", "--set", "run.epochs=5", *keep)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr and "from epoch 3" in resumed.stderr
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 5

@@ -307,12 +307,12 @@ def test_recipe_pairs_and_zero_weight(plugin_set):
 
     ps = plugin_set()
     path = REPO / "recipes" / "sacc.toml"
-    ctx = Run(load(path, ps.registry, ["backbone.width=8", 'losses.instance.pairs=[["weak1", "strong"]]']),
-              ps, None).build()
-    assert ctx.components["losses.instance"].pairs == [("weak1", "strong")]
-    assert ctx.components["views"].view_names == ["weak1", "weak2", "strong"]
-    ctx = Run(load(path, ps.registry, ["backbone.width=8", "losses.cluster.weight=0"]), ps, None).build()
-    assert "losses.cluster" not in ctx.components and "losses.instance" in ctx.components
+    built = Run(load(path, ps.registry, ["backbone.width=8", 'losses.instance.pairs=[["weak1", "strong"]]']),
+                ps, None).build().components.by_key
+    assert built["losses.instance"].pairs == [("weak1", "strong")]
+    assert built["views"].view_names == ["weak1", "weak2", "strong"]
+    built = Run(load(path, ps.registry, ["backbone.width=8", "losses.cluster.weight=0"]), ps, None).build().components.by_key
+    assert "losses.cluster" not in built and "losses.instance" in built
     with pytest.raises(RecipeError, match=r"losses.cluster.pairs\[0\]"):  # at load: SACC's views declare their names
         load(path, ps.registry, ['losses.cluster.pairs=[["weak1", "strong9"]]'])
 

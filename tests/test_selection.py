@@ -183,13 +183,14 @@ def test_a_voted_evaluation_is_the_vote_on_the_unvoted_labels_in_the_space_asked
     backbone = plain.features("backbone")
     voted = clustkit.load_run(finished_run, overrides=[
         'evaluation={name="head_argmax", head="cluster", vote_k=7, vote_rounds=2, vote_features="backbone"}'])
-    pred = voted.ctx.recipe_evaluation()
+    pred = voted.ctx.evaluate()
     want, share = neighbor_vote(backbone, argmax, 7, 2, 10)
     np.testing.assert_array_equal(pred.labels, want)
     np.testing.assert_allclose(pred.scores, share)
     assert (want != argmax).any()  # the vote changed something, so the check above can fail
-    assert pred.source == "argmax:cluster+vote" and pred.space == "backbone" and pred.rule == "cosine_centroid"
-    assert pred.extra["vote_changed"] == int((want != argmax).sum())
+    assert pred.name == "argmax:cluster+vote" and pred.assign_space == "backbone" and pred.rule == "cosine_centroid"
+    assert pred.space == "cluster" and pred.vote.space == "backbone"  # read the head, voted in the backbone
+    assert pred.vote.changed == int((want != argmax).sum())
     unit = backbone / np.linalg.norm(backbone, axis=1, keepdims=True)
     means = np.stack([unit[want == c].mean(0) if (want == c).any() else np.full(unit.shape[1], np.inf)
                       for c in range(10)])  # an empty cluster's mean is inf: no image goes there
@@ -215,10 +216,9 @@ def test_when_the_evaluation_votes_the_other_candidates_vote_too_unless_the_reci
         assert names == {"kmeans:instance+vote", "kmeans:instance", "argmax:cluster", "kmeans:backbone",
                          "kmeans:cluster"}
     if criterion == "agreement":  # a voted candidate is the vote on its unvoted labels, in its own space
-        from clustkit.engine.candidates import run_candidates
-        from clustkit.engine.run import evaluate
+        from clustkit.engine.evaluation import evaluation, run_candidates
 
-        cands = run_candidates(run.ctx, evaluate(run.ctx)[0], vote=run.ctx.recipe.evaluation)
+        cands = run_candidates(run.state, evaluation(run.state), vote_cfg=run.ctx.recipe.evaluation)
         cluster = run.features("cluster")
         want, _ = neighbor_vote(cluster, cluster.argmax(1), 5, 3, 10)
         np.testing.assert_array_equal(cands["argmax:cluster+vote"].labels, want)

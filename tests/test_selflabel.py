@@ -107,21 +107,21 @@ def test_an_interrupted_stage_resumes_to_the_same_result(plugin_set, tmp_path: P
     recipe = _tiny(tmp_path)
     full = run_recipe(recipe, plugin_set(), tmp_path / "full", STAGE)
     ps = plugin_set()
-    from clustkit.engine.context import RunContext
+    from clustkit.engine.state import RunState
 
-    original = RunContext.save_checkpoint
+    original = RunState.save_checkpoint
 
-    def stop_after_first_round(self: RunContext) -> None:
+    def stop_after_first_round(self: RunState) -> None:
         original(self)
-        if self.phase == "post" and self.components["refine.selflabel"].step == 4:
+        if self.phase == "post" and self.components.by_key["refine.selflabel"].step == 4:
             raise KeyboardInterrupt  # killed right after the stage's first checkpoint
 
-    RunContext.save_checkpoint = stop_after_first_round  # type: ignore[method-assign]
+    RunState.save_checkpoint = stop_after_first_round  # type: ignore[method-assign]
     try:
         with pytest.raises(KeyboardInterrupt):
             run_recipe(recipe, ps, tmp_path / "killed", STAGE)
     finally:
-        RunContext.save_checkpoint = original  # type: ignore[method-assign]
+        RunState.save_checkpoint = original  # type: ignore[method-assign]
     resumed = run_recipe(recipe, plugin_set(), tmp_path / "killed", STAGE, resume=True)
     assert resumed["acc"] == pytest.approx(full["acc"], abs=1e-9)
     assert resumed["candidates"]["argmax:selflabel"] == pytest.approx(full["candidates"]["argmax:selflabel"])

@@ -24,7 +24,8 @@ import torch.multiprocessing as mp
 from sklearn.metrics import adjusted_rand_score
 
 from clustkit import dist as cdist
-from clustkit.cluster.kmeans import faiss_flat_index, torch_kmeans
+from clustkit.cluster.backend import faiss_flat_index
+from clustkit.cluster.kmeans import torch_kmeans
 from clustkit.cluster.neighbors import knn, knn_graph
 from clustkit.cluster.sharded import knn_across_ranks, sharded_kmeans, sharded_knn, sharded_knn_graph
 from clustkit.dist import RowShards, shard_range
@@ -66,9 +67,11 @@ def _kmeans_fields(r: Any) -> tuple[Any, ...]:
 
 
 def _engine_checks(rank: int, folder: str) -> dict[str, Any]:
-    from clustkit import hookimpl
     from clustkit.cluster.kmeans import kmeans
     from clustkit.engine.build import build_run
+    from clustkit.engine.components import bind
+    from clustkit.engine.features import _share_unreadable
+    from clustkit.plugin_system.interfaces import ROLES
     from clustkit.plugin_system.manager import PluginSet
     from clustkit.recipe import load
 
@@ -76,7 +79,8 @@ def _engine_checks(rank: int, folder: str) -> dict[str, Any]:
     path.write_text(RECIPE)
     plugins = PluginSet()
     plugins.load_entry_points()
-    ctx = build_run(load(path, plugins.registry, []), plugins, None)
+    run = build_run(load(path, plugins.registry, []), plugins, None)
+    ctx = run.ctx
     out: dict[str, Any] = {"features": ctx.extract_spaces(["backbone", "instance"])}
     shard, rows = ctx.extract_shard("instance")
     out["rows"] = (rows.start, rows.stop)
@@ -89,23 +93,23 @@ def _engine_checks(rank: int, folder: str) -> dict[str, Any]:
     out["group_blobs"] = _kmeans_fields(ctx.group(torch.from_numpy(_data()[blobs]), K, rows=range(blobs.start, blobs.stop)))
     out["group_shard"] = ctx.group(shard, 10, rows=rows).labels
     out["group_whole"] = ctx.group(out["features"]["instance"], 10).labels
-    out["evaluate"] = ctx.hook.evaluate(ctx=ctx).labels
+    out["evaluate"] = ctx.evaluate().labels
 
     class Plain:  # a grouper that knows nothing of shards: rank 0 clusters the gathered rows
-        @hookimpl(tryfirst=True)
         def assign_groups(self, features: Any, n_groups: int, spherical: bool, seed: int, ctx: Any) -> Any:
             return kmeans(features, n_groups, spherical=spherical, seed=seed, backend="torch")
 
-    ctx.pm.register(Plain(), name="plain")
+    builtin = run.components.grouper
+    run.components.grouper = bind("grouping", builtin.spec, Plain(), *ROLES["grouper"])
     out["group_plain"] = ctx.group(shard, 10, rows=rows).labels
-    ctx.pm.unregister(name="plain")
+    run.components.grouper = builtin
 
     ctx.source.unreadable.clear()
     ctx.source.unreadable[2 + 5 * rank] = "test"
-    ctx._share_unreadable(ctx.source, None)
+    _share_unreadable(ctx.source, None)
     out["unreadable"] = sorted(ctx.source.unreadable)
     try:
-        ctx._share_unreadable(ctx.source, ValueError("boom") if rank == 1 else None)
+        _share_unreadable(ctx.source, ValueError("boom") if rank == 1 else None)
     except Exception as err:  # every rank must stop, not only the one that failed
         out["failure"] = type(err).__name__
     return out
@@ -239,7 +243,7 @@ def test_extract_and_group_across_ranks(two_ranks: list[dict[str, Any]], tmp_pat
     path.write_text(RECIPE)
     plugins = PluginSet()
     plugins.load_entry_points()
-    ctx = build_run(load(path, plugins.registry, []), plugins, None)
+    ctx = build_run(load(path, plugins.registry, []), plugins, None).ctx
     feats = ctx.extract_spaces(["backbone", "instance"])
     subset = ctx.extract(indices=np.arange(0, 1797, 7)[::-1].copy())
     one = torch_kmeans(torch.from_numpy(_data()), K, n_init=1, max_iter=100, seed=0)  # the recipe's grouper
@@ -307,7 +311,7 @@ def test_gpu_devices_clone_the_flat_index_with_faiss(monkeypatch: pytest.MonkeyP
     arguments and builds the CPU twin, which the search paths must then use unchanged."""
     import faiss
 
-    from clustkit.cluster import kmeans as km
+    from clustkit.cluster import backend as km
 
     calls: list[tuple[str, bool, Any]] = []
 

@@ -25,7 +25,7 @@ def built(recipe: str, overrides: list[str]):
 
     plugins = get_plugins()
     with contextlib.redirect_stderr(io.StringIO()):
-        return build_run(load(REPO / "recipes" / recipe, plugins.registry, overrides), plugins, None)
+        return build_run(load(REPO / "recipes" / recipe, plugins.registry, overrides), plugins, None).ctx
 
 
 def test_compile_leaves_the_checkpoint_keys_and_compiles_each_network_apart() -> None:

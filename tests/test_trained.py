@@ -157,3 +157,77 @@ def test_predict_the_runs_own_dataset_reproduces_its_assignments(trained: dict[s
         assert list(rows[0])[:3] == ["index", "label", "cluster"] and len(rows) == 1797
         agree = np.mean([int(r["cluster"]) == a for r, a in zip(rows, _assignments(trained[name]))])
         assert agree >= least, (name, agree)
+
+
+def test_predict_gives_an_unreadable_file_no_confidence_and_leaves_it_out_of_the_count(
+        trained: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("000.png", "001.png"):
+        (folder / name).write_bytes((trained["images"] / name).read_bytes())
+    (folder / "002.png").write_bytes(b"not an image")
+    out = tmp_path / "pred.csv"
+    result = cli("predict", str(trained["kmeans"]), str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with out.open() as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert rows["002.png"]["cluster"] == "-1"
+    assert rows["002.png"]["confidence"] == "" and rows["002.png"]["distance"] == ""  # no value, not a made-up one
+    assert float(rows["000.png"]["confidence"]) > 0 and float(rows["000.png"]["distance"]) >= 0
+    assert "wrote" in result.stdout and ": 2 images in" in result.stdout and "1 unreadable" in result.stdout
+
+
+@pytest.fixture
+def damaged(trained: dict[str, Path], tmp_path: Path) -> Path:
+    """A copy of a finished run whose checkpoint was cut short (a full disk, a copy interrupted)."""
+    import shutil
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(trained["argmax"], folder)
+    ckpt = folder / "checkpoints" / "last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    return folder
+
+
+@pytest.mark.parametrize("command", [["predict", "{run}", "{images}", "--out", "{tmp}/p.csv"], ["evaluate", "{run}"],
+                                     ["export", "{run}", "--out", "{tmp}/e"]], ids=["predict", "evaluate", "export"])
+def test_a_damaged_checkpoint_is_an_input_error_naming_the_file(command: list[str], damaged: Path,
+                                                                trained: dict[str, Path], tmp_path: Path) -> None:
+    args = [a.format(run=damaged, images=trained["images"], tmp=tmp_path) for a in command]
+    result = cli(*args)
+    assert result.returncode == 2, result.stderr
+    text = " ".join(result.stderr.split())
+    assert f"{damaged / 'checkpoints' / 'last.pt'} is damaged" in text and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 4  # one paragraph (wrapped by the console)
+
+
+def test_load_run_of_a_damaged_checkpoint_raises_a_user_error(damaged: Path) -> None:
+    import clustkit
+
+    with pytest.raises(clustkit.UserError, match="is damaged and cannot be read as a checkpoint"):
+        clustkit.load_run(damaged)
+
+
+def test_a_run_folder_written_by_clustkit_0_1_still_loads(trained: dict[str, Path], tmp_path: Path) -> None:
+    """0.1 wrote every dataset option into recipe.toml, also those digits does not take; its
+    checkpoints carry no version."""
+    import shutil
+
+    import torch
+
+    import clustkit
+
+    folder = tmp_path / "v01"
+    shutil.copytree(trained["argmax"], folder)
+    recipe = folder / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace('[data]\nname = "digits"\n', '[data]\nname = "digits"\n'
+                                                 'superclasses = true\nunlabeled = false\nchannels = 3\n'
+                                                 'in_memory = "auto"\n'))
+    assert "superclasses = true" in recipe.read_text()
+    ckpt = folder / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["clustkit"]
+    torch.save(state, ckpt)
+    run = clustkit.load_run(folder)
+    assert run.ctx.in_channels == 1  # channels = 3 was 0.1's default, never applied to digits
+    assert run.run_clusters().tolist() == _assignments(trained["argmax"])

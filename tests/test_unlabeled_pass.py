@@ -90,9 +90,9 @@ def test_each_epoch_trains_unlabelled_items_on_the_listed_losses_only(stl_recipe
     seen: list[tuple[str, int, tuple[str, ...]]] = []
     step = run.train_step
 
-    def spy(ctx, batch, losses):
-        terms = step(ctx, batch, losses)
-        seen.append((ctx.current_pass, int((batch[1] >= 0).sum()), tuple(sorted(k for k in terms if k != "loss"))))
+    def spy(state, batch, losses):
+        terms = step(state, batch, losses)
+        seen.append((state.current_pass, int((batch[1] >= 0).sum()), tuple(sorted(k for k in terms if k != "loss"))))
         return terms
 
     monkeypatch.setattr(run, "train_step", spy)

@@ -130,6 +130,21 @@ def test_declared_names_are_the_built_generators_names(views: str, tmp_path: Pat
     path.write_text(TINY_CC)
     recipe = load(path, ps.registry, [f"views={views}", 'losses.instance.pairs=[["a", "c"]]',
                                       'losses.cluster.pairs=[["b", "c"]]'])
-    ctx = Run(recipe, ps, None).build()
+    run = Run(recipe, ps, None).build()
     assert declared_view_names(recipe.views) == ("a", "b", "c")
-    assert list(ctx.components["views"].view_names) == ["a", "b", "c"]
+    assert list(run.components.by_key["views"].view_names) == ["a", "b", "c"]
+
+
+def test_a_view_name_field_with_a_typo_fails_check(tmp_path: Path) -> None:
+    """``View`` fields (the example plugin's ``view_a``, selflabel's ``view``, IcicleGCN's ``views``) are
+    checked against the declared views when the recipe loads, as ``Pair`` fields are."""
+    from test_cli import cli
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY_CC + '\n[refine.selflabel]\nname = "selflabel"\nview = "waek2"\n')
+    result = cli("check", str(recipe))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    text = " ".join(result.stderr.split())
+    assert "key 'refine.selflabel.view'" in text and "'waek2'" in text and "Allowed values: weak1, weak2" in text
+    recipe.write_text(TINY_CC + '\n[refine.selflabel]\nname = "selflabel"\nview = "weak2"\n')
+    assert cli("check", str(recipe)).returncode == 0

@@ -13,11 +13,13 @@ import importlib
 import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
-from clustkit.errors import RecipeError, UserError
+from clustkit.errors import PluginError, RecipeError, UserError
 from clustkit.losses.configs import ClusterContrastConfig, InstanceContrastConfig, PairLossConfig
 from clustkit.plugin_system.hookspecs import hookimpl
+from clustkit.plugin_system.interfaces import (CandidateSource, Evaluator, Grouper, HeadBuilder, Loss, PrototypeUpdater,
+                                               Refiner, ViewGenerator)
 from clustkit.plugin_system.registry import (ComponentConfig, EvaluatorConfig, HeadOrBackbone, HeadRef, LossConfig,
-                                             Pair, Registry, with_defaults)
+                                             Pair, Registry, View, with_defaults)
 
 try:
     __version__ = importlib.metadata.version("clustkit")  # one version: pyproject.toml's
@@ -28,7 +30,8 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a
 _LAZY = {
     "BuildContext": "clustkit.engine.context",
     "RunContext": "clustkit.engine.context",
-    "Prediction": "clustkit.engine.context",
+    "Prediction": "clustkit.cluster.prediction",
+    "Vote": "clustkit.cluster.prediction",
     "StepOutputs": "clustkit.engine.step",
     "ema_update": "clustkit.engine.network",
     "PairLoss": "clustkit.losses.pair",
@@ -42,7 +45,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors
     from clustkit.cluster.kmeans import KMeansResult
-    from clustkit.engine.context import BuildContext, Prediction, RunContext
+    from clustkit.cluster.prediction import Prediction, Vote
+    from clustkit.engine.context import BuildContext, RunContext
     from clustkit.engine.network import ema_update
     from clustkit.engine.step import StepOutputs
     from clustkit.losses.pair import ClusterContrast, InstanceContrast, PairLoss, check_view_pairs
@@ -64,10 +68,12 @@ def __dir__() -> list[str]:
 __all__ = [
     # writing a plugin
     "hookimpl", "Registry", "ComponentConfig", "LossConfig", "EvaluatorConfig", "HeadRef", "HeadOrBackbone", "Pair",
-    "with_defaults",
-    "RecipeError", "UserError",
-    # what components receive
-    "BuildContext", "RunContext", "StepOutputs", "Prediction", "KMeansResult",
+    "View", "with_defaults",
+    "RecipeError", "UserError", "PluginError",
+    # what components are (typing.Protocol classes)
+    "ViewGenerator", "Loss", "Grouper", "Evaluator", "Refiner", "HeadBuilder", "PrototypeUpdater", "CandidateSource",
+    # what components receive and return
+    "BuildContext", "RunContext", "StepOutputs", "Prediction", "Vote", "KMeansResult",
     # building blocks
     "PairLoss", "PairLossConfig", "InstanceContrast", "InstanceContrastConfig", "ClusterContrast",
     "ClusterContrastConfig", "check_view_pairs", "ema_update",

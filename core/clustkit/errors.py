@@ -1,4 +1,8 @@
-"""Errors a user can fix; the CLI prints them as one paragraph and exits with code 2."""
+"""Errors the command line prints as one paragraph, without a traceback.
+
+Exit codes: 2 bad input (a recipe, an option, a file, a damaged run folder), 3 a run that diverged,
+4 a plugin's code that failed; a traceback and exit code 1 is a bug in clustkit itself.
+"""
 
 from __future__ import annotations
 
@@ -34,3 +38,17 @@ class RunDiverged(UserError):
     last good one stays resumable (exit code 3, so schedulers can tell it from bad input)."""
 
     exit_code = 3
+
+
+class PluginError(UserError):
+    """A plugin's code failed or broke its contract (a factory that does not import, an exception in a
+    loss, a method with the wrong signature): one paragraph naming the plugin, the component, the
+    recipe key and the plugin's file and line (exit code 4, so it is told apart from bad input).
+
+    ``detail`` holds the full traceback text when there is one; the run writes it to its folder."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clustkit import BuildContext, RunContext, StepOutputs, check_view_pairs, hookimpl
+from clustkit import BuildContext, RunContext, StepOutputs, check_view_pairs
 
 # --------------------------------------------------------------------------- in-batch k-means
 
@@ -80,7 +80,6 @@ class DCHLGroup:
             out.extras[cache_key] = batch_kmeans(out.head(view, self.cfg.fine_head), self.cfg.groups, self.cfg.iters)
         return out.extras[cache_key]
 
-    @hookimpl
     def compute_loss(self, out: StepOutputs, ctx: RunContext) -> dict[str, torch.Tensor]:
         c = self.cfg
         terms: dict[str, torch.Tensor] = {}

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from clustkit import BuildContext, RunContext, StepOutputs, ema_update, hookimpl
+from clustkit import BuildContext, RunContext, StepOutputs, ema_update
 
 from .heads import head_out_dim
 
@@ -144,7 +144,6 @@ class BYOLLoss(_DigProLoss):
     def noise_std(self, ctx: RunContext) -> float:
         return self.cfg.latent_std if ctx.epoch >= self.noise_after else 0.0
 
-    @hookimpl
     def compute_loss(self, out: StepOutputs, ctx: RunContext) -> torch.Tensor | dict[str, torch.Tensor]:
         std = self.noise_std(ctx)
         predictor = ctx.model.heads[self.cfg.predictor]
@@ -204,7 +203,6 @@ class GroupLoss(_DigProLoss):
         self.resets += 1
         return True
 
-    @hookimpl
     def compute_loss(self, out: StepOutputs, ctx: RunContext) -> torch.Tensor | dict[str, torch.Tensor]:
         n_iter = ctx.step + 1
         if self.is_reset_iteration(n_iter):
@@ -222,7 +220,6 @@ class GroupLoss(_DigProLoss):
         self._pending = (ctx.step, groups)
         return torch.stack(losses).mean()
 
-    @hookimpl
     def update_prototypes(self, out: StepOutputs, ctx: RunContext) -> None:
         if self._pending is not None and self._pending[0] == ctx.step - 1:
             self.groups = self._pending[1]
@@ -234,16 +231,13 @@ class GroupLoss(_DigProLoss):
             ema_update(ctx.momentum_model, ctx.model, self.cfg.double_ema_momentum,
                        ctx.recipe.momentum.buffers == "copy")
 
-    @hookimpl
     def on_epoch_end(self, ctx: RunContext, logs: dict[str, float]) -> None:
         logs[f"{self.term}_resets"] = float(self.resets)
 
-    @hookimpl
     def checkpoint_state(self, ctx: RunContext) -> dict[str, Any]:
         return {f"{self.key}.groups": self.groups.cpu(), f"{self.key}.bank": self.bank.cpu(),
                 f"{self.key}.ptr": self.ptr, f"{self.key}.filled": self.filled, f"{self.key}.resets": self.resets}
 
-    @hookimpl
     def load_checkpoint_state(self, state: dict[str, Any], ctx: RunContext) -> None:
         if f"{self.key}.groups" not in state:
             return
@@ -274,7 +268,6 @@ class ProtoLoss(_DigProLoss):
     def active(self, ctx: RunContext) -> bool:
         return ctx.epoch >= self.start
 
-    @hookimpl
     def on_epoch_start(self, ctx: RunContext) -> None:
         if not self.active(ctx):
             return
@@ -287,7 +280,6 @@ class ProtoLoss(_DigProLoss):
         self.pseudo_labels.copy_(torch.as_tensor(result.labels, dtype=torch.long))
         self.labelled_epoch = ctx.epoch
 
-    @hookimpl
     def compute_loss(self, out: StepOutputs, ctx: RunContext) -> torch.Tensor | dict[str, torch.Tensor]:
         if not self.active(ctx):
             return {}
@@ -301,11 +293,9 @@ class ProtoLoss(_DigProLoss):
             losses.append(prototype_contrast(v_a, v_b, present, self.cfg.temperature, self.cfg.absent_logit))
         return torch.stack(losses).mean()
 
-    @hookimpl
     def checkpoint_state(self, ctx: RunContext) -> dict[str, Any]:
         return {f"{self.key}.pseudo_labels": self.pseudo_labels.cpu(), f"{self.key}.labelled_epoch": self.labelled_epoch}
 
-    @hookimpl
     def load_checkpoint_state(self, state: dict[str, Any], ctx: RunContext) -> None:
         if f"{self.key}.pseudo_labels" not in state:
             return

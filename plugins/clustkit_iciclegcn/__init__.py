@@ -5,8 +5,8 @@ Stage 1 runs in the engine's training loop: the instance similarity module (ISM:
 instance head with CC's NT-Xent) and the JC-SLIM auto-encoder head (``autoencoder``), whose
 softmax code gets CC's cluster contrast (CCS) and whose decoder gets a reconstruction loss
 (re). Each view's code comes from that view's features (the reference computes the second
-view's from the first view's, which makes the positives trivial). Stage 2 is a ``refiner``
-(``refiner``, networks in ``gcn``) that runs in ``after_training``: it extracts the backbone
+view's from the first view's, which makes the positives trivial). Stage 2 is a ``[refine.<id>]``
+stage (``refiner``, networks in ``gcn``) that runs after training: it extracts the backbone
 features once, builds two sparse kNN graphs, trains the two GCN streams fused layer by layer
 with the auto-encoder (DEC-style targets) and supplies the final labels.
 Paper-vs-code choices are listed in docs/plugins/iciclegcn.md.
@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from clustkit import (ClusterContrastConfig, ComponentConfig, HeadRef, InstanceContrastConfig, LossConfig, Registry,
-                      hookimpl)
+                      View, hookimpl)
 from clustkit.nn.configs import ProjectionHeadConfig
 
 F = "clustkit_iciclegcn."
@@ -34,7 +34,7 @@ class AutoencoderConfig(ComponentConfig):
 
 class ReconLossConfig(LossConfig):
     head: HeadRef = Field("cluster", description="the JC-SLIM auto-encoder head")
-    views: list[str] = Field(default_factory=lambda: ["weak1", "weak2"], min_length=1,
+    views: list[View] = Field(default_factory=lambda: ["weak1", "weak2"], min_length=1,
                              description="(1/|views|·N) Σ_views ‖Z − Ẑ‖²_F; the paper uses both views")
     detach_target: bool = Field(False, description="stop the gradient through the target Z (the paper does not)")
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clustkit import BuildContext, RunContext, StepOutputs, hookimpl
+from clustkit import BuildContext, RunContext, StepOutputs
 
 
 class JCSlimAE(nn.Module):
@@ -58,7 +58,6 @@ class ReconLoss:
     def __init__(self, cfg: Any, ctx: BuildContext):
         self.cfg = cfg
 
-    @hookimpl
     def compute_loss(self, out: StepOutputs, ctx: RunContext) -> torch.Tensor:
         ae = ctx.model.heads[self.cfg.head]
         total: torch.Tensor | float = 0.0

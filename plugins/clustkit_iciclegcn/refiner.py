@@ -9,14 +9,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clustkit import BuildContext, Prediction, RunContext, hookimpl
+from clustkit import BuildContext, Prediction, RunContext
 from clustkit.cluster.metrics import evaluate_clustering
 
 from .autoencoder import JCSlimAE
 from .gcn import Trident, build_graphs, kl_to, student_t, target_distribution
 
 class GCNRefiner:
-    """Stage 2 (M-GCN) in ``after_training``; supplies the final labels through ``evaluate``.
+    """Stage 2 (M-GCN), a ``[refine.<id>]`` stage: ``refine`` trains it and returns its labels.
 
     State (features, trident weights incl. the AE and Student-t centres, Adam state, iteration,
     final assignments) goes into every checkpoint; the kNN graphs are rebuilt from the stored
@@ -92,10 +92,14 @@ class GCNRefiner:
             terms["gcn_kl_b"] = c.eta * kl_to(p, F.log_softmax(out["logits_b"], dim=1))
         return terms
 
-    @hookimpl
-    def after_training(self, ctx: RunContext) -> None:
-        if self.done:
-            return
+    def refine(self, previous: Prediction, ctx: RunContext) -> Prediction:
+        """Train stage 2 (or finish it, after a resume) and return the ``predict`` stream's labels;
+        ``previous`` is not read: the stage starts from stage 1's auto-encoder head."""
+        if not self.done:
+            self._train(ctx)
+        return self._prediction(self.cfg.predict, self._diagnostics(ctx))
+
+    def _train(self, ctx: RunContext) -> None:
         t0 = time.perf_counter()
         if not self.started:
             self._start(ctx)
@@ -151,19 +155,12 @@ class GCNRefiner:
                         extra[f"{name}_{metric}"] = round(float(value), 6)
         return extra
 
-    @hookimpl(tryfirst=True)
-    def evaluate(self, ctx: RunContext) -> Prediction | None:
-        if not self.done or self.final is None:
-            return None  # stage 1 (periodic evaluations): the recipe's evaluator answers
-        return self._prediction(self.cfg.predict, self._diagnostics(ctx))
-
     def _prediction(self, stream: str, extra: dict[str, Any] | None = None) -> Prediction:
         assert self.final is not None
         conf, labels = self.final[stream].max(1)
-        return Prediction(labels.numpy().astype(np.int64), source=f"iciclegcn_gcn:{stream}",
+        return Prediction(labels.numpy().astype(np.int64), kind="iciclegcn_gcn", variant=stream,
                           scores=conf.numpy(), extra=extra or {})
 
-    @hookimpl
     def candidates(self, ctx: RunContext) -> dict[str, Prediction] | None:
         """Every stream's labels (a, b, their mean, the AE's Student-t q): ``run.select`` can take
         a converged stream where the recipe's ``predict`` stream has not converged."""
@@ -172,7 +169,6 @@ class GCNRefiner:
         return {f"iciclegcn_gcn:{k}": self._prediction(k) for k in self.final}
 
     # -- checkpoints -------------------------------------------------------------------------
-    @hookimpl
     def checkpoint_state(self, ctx: RunContext) -> dict[str, Any]:
         if not self.started:
             return {self.key: {"started": False}}
@@ -183,7 +179,6 @@ class GCNRefiner:
             "final": self.final, "last_losses": self.last_losses, "timings": self.timings,
         }}
 
-    @hookimpl
     def load_checkpoint_state(self, state: dict[str, Any], ctx: RunContext) -> None:
         s = state.get(self.key)
         if not s or not s.get("started"):

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from clustkit import BuildContext, Prediction, RunContext, hookimpl
+from clustkit import BuildContext, Prediction, RunContext
 from clustkit.cluster.manifold import embed, neighbor_graph
 from clustkit.cluster.rows import cluster_means, unit_rows
 from clustkit.cluster.selection import agreement_scores
@@ -72,7 +72,6 @@ class UMAPEvaluator:
         conf[rows] = fitted_conf  # the embedded items keep their GMM confidence; the others: their vote share
         return labels, conf, fit
 
-    @hookimpl
     def evaluate(self, ctx: RunContext) -> Prediction:
         cfg = self.cfg
         head = None if cfg.features == "backbone" else cfg.features
@@ -89,8 +88,8 @@ class UMAPEvaluator:
         chosen, agreement = consensus_run([run[0] for run in runs])
         labels, conf, fit = runs[chosen]
         cent = cluster_means(unit_rows(x) if cfg.metric == "cosine" else x, labels, k)
-        pred = Prediction(labels, source=f"umap:{cfg.features}", scores=conf, space=cfg.features,
-                          rule="cosine_centroid" if cfg.metric == "cosine" else "centroid", momentum=cfg.momentum,
+        pred = Prediction(labels, kind="umap", space=cfg.features, momentum=cfg.momentum,
+                          rule="cosine_centroid" if cfg.metric == "cosine" else "centroid", scores=conf,
                           centroids=cent, extra={"umap_dims": dims, f"{cfg.cluster}_fit": fit, "umap_runs": cfg.n_runs,
                                                  "umap_chosen_run": chosen, "umap_agreement": agreement})
         return ctx.vote(pred, cfg, at_hand={cfg.features: x}, metric=cfg.metric)  # each item's neighbours, if vote_k

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-from clustkit import BuildContext, RunContext, hookimpl
+from clustkit import BuildContext, RunContext
 from clustkit.nn.augment import TensorAffine, normalize_batch, simclr_augment, weak_pipeline
 from clustkit.nn.views import resize_square
 
@@ -59,7 +59,6 @@ class SACCViews:
         x = self.strong_base(images) if self.strong_base is not None else self.affine(resize_square(images, self.size))
         return self.randaugment(x)
 
-    @hookimpl
     def make_views(self, images: torch.Tensor, train: bool, ctx: RunContext) -> dict[str, torch.Tensor]:
         if not train:
             x = resize_square(images, self.size)

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from clustkit import ComponentConfig, Registry, hookimpl
+from clustkit import ComponentConfig, Registry, View, hookimpl
 
 
 class SelfLabelConfig(ComponentConfig):
@@ -36,7 +36,7 @@ class SelfLabelConfig(ComponentConfig):
                                                       "most confident first")
     threshold: float = Field(0.5, ge=0, le=1, description="after the first selection, a sample also needs this "
                                                            "much probability of its cluster under the head")
-    view: str | None = Field(None, description="training view of the recipe's [views] to train on; default "
+    view: View | None = Field(None, description="training view of the recipe's [views] to train on; default "
                                                "'strong' when the generator makes one, else its first view")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the new head")
     weight_decay: float = Field(1e-4, ge=0)

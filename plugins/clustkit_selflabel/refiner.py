@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clustkit import BuildContext, Prediction, RunContext, dist, ema_update, hookimpl
+from clustkit import BuildContext, Prediction, RunContext, dist, ema_update
 from clustkit.cluster.rows import unit_rows
 from clustkit.nn.heads import MLPHead
 
@@ -77,10 +77,11 @@ def balanced_nll(probs: torch.Tensor, targets: torch.Tensor, n_clusters: int, ba
 
 
 class SelfLabelRefiner:
-    """Trains the backbone and its own soft-assignment head on confident pseudo-labels.
+    """A ``[refine.<id>]`` stage: trains the backbone and its own soft-assignment head on confident
+    pseudo-labels of the previous stage's clustering (or of the run's label-free choice).
 
-    The head is part of the network (contributed through ``build_heads``), so it is saved with
-    the model and ``clustkit predict`` can read it. Progress (step, selection, optimizer) is
+    The head is part of the network (the component's ``build_heads``), so it is saved with the
+    model and ``clustkit predict`` can read it. Progress (step, selection, optimizer) is
     checkpointed at every re-selection; a resumed stage continues from the last one.
     """
 
@@ -108,7 +109,6 @@ class SelfLabelRefiner:
         self._optimizer_state: dict[str, Any] | None = None
 
     # -- the network -------------------------------------------------------------------------
-    @hookimpl
     def build_heads(self, in_dim: int, ctx: BuildContext) -> dict[str, torch.nn.Module]:
         return {self.cfg.head: self.module}
 
@@ -127,12 +127,12 @@ class SelfLabelRefiner:
         return opt
 
     # -- selecting pseudo-labels -------------------------------------------------------------
-    def _start(self, ctx: RunContext) -> None:
+    def _start(self, previous: Prediction, ctx: RunContext) -> None:
         """The first selection: the most confident members of each cluster of the starting
         clustering (its probabilities, or the cosine to its cluster's mean backbone feature)."""
         selected = self.cfg.start == "selected"  # else the previous stage's labels, or the recipe's evaluation
-        pred, name = ctx.clustering(select=selected, exclude=(self.cfg.head,))
-        self.started_from = f"{name} (run.select)" if selected else name
+        pred = ctx.select(previous, exclude=(self.cfg.head,)) if selected else previous
+        self.started_from = f"{pred.name} (run.select)" if selected else pred.name
         clusters = np.asarray(pred.labels, dtype=np.int64)
         if pred.scores is not None and len(pred.scores) == len(clusters):
             confidence = np.asarray(pred.scores, dtype=np.float64)
@@ -165,13 +165,16 @@ class SelfLabelRefiner:
         self._keep(chosen, clusters)
 
     # -- the stage ---------------------------------------------------------------------------
-    @hookimpl
-    def after_training(self, ctx: RunContext) -> None:
-        if self.done:
-            return
+    def refine(self, previous: Prediction, ctx: RunContext) -> Prediction:
+        """Train the stage (or finish it, after a resume) and return its clustering (``output``)."""
+        if not self.done:
+            self._train(previous, ctx)
+        return self._output(ctx)
+
+    def _train(self, previous: Prediction, ctx: RunContext) -> None:
         t0 = time.perf_counter()
         if self.selected is None:
-            self._start(ctx)
+            self._start(previous, ctx)
         else:
             ctx.print(f"selflabel: resuming at step {self.step}/{self.cfg.steps}")
         self.optimizer = self._make_optimizer(ctx)
@@ -212,7 +215,7 @@ class SelfLabelRefiner:
         self._optimizer_state = None
 
     def _train_step(self, ctx: RunContext, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        views = ctx.hook.make_views(images=images, train=True, ctx=ctx)
+        views = ctx.make_views(images, train=True)
         x = views[self.view] if self.view is not None else next(iter(views.values()))
         with ctx.autocast():
             probs = self.module(ctx.model.features(x)).float()
@@ -225,29 +228,24 @@ class SelfLabelRefiner:
         return loss.detach()
 
     # -- outputs -----------------------------------------------------------------------------
-    @hookimpl(tryfirst=True)
-    def evaluate(self, ctx: RunContext) -> Prediction | None:
-        if not self.done:
-            return None  # training, or an earlier stage: the previous evaluator answers
+    def _output(self, ctx: RunContext) -> Prediction:
         rounds = [h for h in self.history if "selected" in h]
         extra = {"selflabel_steps": self.step, "selflabel_start": self.started_from,
                  "selflabel_selected": rounds[-1]["selected"] if rounds else 0}
         if self.cfg.output == "evaluation":  # the recipe's clustering of the retrained network
-            pred = ctx.recipe_evaluation()
+            pred = ctx.evaluate()
             pred.extra = {**(pred.extra or {}), **extra}
             return pred
         conf, labels = ctx.extract(self.cfg.head).max(1)
-        return Prediction(labels.numpy().astype(np.int64), source=f"argmax:{self.cfg.head}", scores=conf.numpy(),
-                          space=self.cfg.head, rule="argmax", extra=extra)
+        return Prediction(labels.numpy().astype(np.int64), kind="argmax", space=self.cfg.head, rule="argmax",
+                          scores=conf.numpy(), extra=extra)
 
     # -- checkpoints -------------------------------------------------------------------------
-    @hookimpl
     def checkpoint_state(self, ctx: RunContext) -> dict[str, Any]:
         return {self.key: {"step": self.step, "done": self.done, "selected": self.selected, "targets": self.targets,
                            "history": self.history, "started_from": self.started_from,
                            "optimizer": self._optimizer_state}}
 
-    @hookimpl
     def load_checkpoint_state(self, state: dict[str, Any], ctx: RunContext) -> None:
         s = state.get(self.key)
         if not s:

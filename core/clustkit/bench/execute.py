@@ -3,7 +3,6 @@ this process (one at a time), with its log, peak memory and exit status recorded
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -13,61 +12,15 @@ import time
 import traceback
 from pathlib import Path
 
-from clustkit.atomic import atomic_write
-from clustkit.bench.tasks import RESOURCES, RunTask, read_json
+from clustkit.bench.resources import RESOURCES, THREADS_ENV, peak_rss_mb, reset_peak_rss, vm_hwm_mb, write_resources
+from clustkit.bench.tasks import RunTask, read_json
 from clustkit.engine.run_folder import SUMMARY
 from clustkit.errors import UserError
 
 LOG = "bench.log"
-_CHILD = "from clustkit.bench.execute import child_main; child_main()"
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # data-loader workers
-    return max(own, kids) / scale
-
-
-def _gpu_peak_mb() -> float | None:
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
-        return None
-    return max(torch.cuda.max_memory_allocated(d) for d in range(torch.cuda.device_count())) / 2**20
-
-
-def child_main() -> None:
-    """``python -c _CHILD RESOURCES_JSON run RECIPE ...``: run the CLI, then report this process's peak memory."""
-    resources_path = Path(sys.argv[1])
-    args = sys.argv[2:]
-    t0 = time.perf_counter()
-    threads = int(os.environ.get("CLUSTKIT_BENCH_THREADS", "0") or 0)
-    code: int = 1
-    try:
-        if threads > 0:
-            import torch
-
-            torch.set_num_threads(threads)
-        from clustkit.cli import main
-
-        sys.argv = ["clustkit", *args]
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    finally:
-        info = {"peak_rss_mb": round(_peak_rss_mb(), 1), "peak_gpu_mb": _gpu_peak_mb(), "exit_code": code,
-                "process_wall_s": round(time.perf_counter() - t0, 3), "threads": threads or None,
-                "mode": "subprocess", "peak_rss_scope": "run process"}
-        if info["peak_gpu_mb"] is not None:
-            info["peak_gpu_mb"] = round(info["peak_gpu_mb"], 1)
-        atomic_write(resources_path, json.dumps(info, indent=2) + "\n")
-    sys.exit(code)
+# The child process of one run: ``python -c CHILD RESOURCES_JSON run RECIPE ...`` (``clustkit.cli.bench_child``
+# runs the CLI and writes resources.json). Named as text: the bench library never imports the CLI.
+CHILD = "from clustkit.cli.bench_child import child_main; child_main()"
 
 
 def _error_from_log(log: Path, code: int) -> str:
@@ -96,7 +49,7 @@ def _child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, s
     if threads > 0:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
-        env["CLUSTKIT_BENCH_THREADS"] = str(threads)
+        env[THREADS_ENV] = str(threads)
     return env
 
 
@@ -140,7 +93,7 @@ class Executor:
             if self.in_process:
                 raise
             return t
-        except Exception as exc:  # never lose the other runs to one run's problem
+        except Exception as exc:  # noqa: BLE001 (never lose the other runs to one run's problem)
             t.status, t.error = "failed", f"{type(exc).__name__}: {exc}"
             return t
         t.resources = read_json(t.dir / RESOURCES)
@@ -154,7 +107,7 @@ class Executor:
     def _subprocess(self, t: RunTask, log: Path) -> None:
         if self.stopping:
             raise KeyboardInterrupt
-        argv = [sys.executable, "-c", _CHILD, str(t.dir / RESOURCES), *t.command[1:]]
+        argv = [sys.executable, "-c", CHILD, str(t.dir / RESOURCES), *t.command[1:]]
         with log.open("ab") as fh:
             with self.lock:
                 if self.stopping:
@@ -183,13 +136,13 @@ class Executor:
 
         import torch
 
-        from clustkit.cli.app import load_recipe
         from clustkit.engine.run import Run
+        from clustkit.recipe import load_recipe
 
         loaded, plugins = load_recipe(t.cell.recipe.path, t.cell.run_overrides(t.seed))
         threads_before = torch.get_num_threads()
         deterministic_before = torch.are_deterministic_algorithms_enabled()
-        rss_reset = _reset_peak_rss()
+        rss_reset = reset_peak_rss()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
@@ -202,20 +155,16 @@ class Executor:
                 except UserError as exc:
                     print(f"error: {exc}")
                     t.status, t.error = "failed", str(exc)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 (a crash is this run's failure, as in a child process)
                     traceback.print_exc()
                     t.status, t.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             torch.set_num_threads(threads_before)
             torch.use_deterministic_algorithms(deterministic_before)
-        info = {"peak_rss_mb": round(_vm_hwm_mb() if rss_reset else _peak_rss_mb(), 1), "peak_gpu_mb": _gpu_peak_mb(),
-                "exit_code": 0 if t.status != "failed" else 1, "process_wall_s": round(time.perf_counter() - t0, 3),
-                "threads": self.threads or None, "mode": "in-process",
-                "peak_rss_scope": "run process, peak reset before the run" if rss_reset else
-                "bench process so far (peak RSS could not be reset)"}
-        if info["peak_gpu_mb"] is not None:
-            info["peak_gpu_mb"] = round(info["peak_gpu_mb"], 1)
-        atomic_write(t.dir / RESOURCES, json.dumps(info, indent=2) + "\n")
+        scope = "run process, peak reset before the run" if rss_reset else \
+            "bench process so far (peak RSS could not be reset)"
+        write_resources(t.dir / RESOURCES, vm_hwm_mb() if rss_reset else peak_rss_mb(),
+                        0 if t.status != "failed" else 1, time.perf_counter() - t0, self.threads, "in-process", scope)
 
     def stop(self) -> None:
         with self.lock:
@@ -245,24 +194,3 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux: ``echo 5 > /proc/self/clear_refs``)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _vm_hwm_mb() > 0
-    except OSError:
-        return False
-
-
-def _vm_hwm_mb() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from clustkit.bench.errors import BenchFileError
 from clustkit.errors import RecipeError, UserError
 
 if TYPE_CHECKING:
@@ -85,7 +86,6 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def parse_options(texts: list[str]) -> dict[str, Any]:
     """``--executor-option KEY=VALUE`` (repeatable): values are TOML, bare words strings, dotted keys nest
     (``additional_parameters.mail-type=END``)."""
-    from clustkit.bench.plan import BenchFileError
     from clustkit.recipe.loading import apply_overrides
 
     for text in texts:
@@ -101,7 +101,6 @@ def parse_options(texts: list[str]) -> dict[str, Any]:
 def choose_executor(plan: Plan, name: str | None, options: list[str]) -> ExecutorChoice:
     """``--executor`` (else the bench file's ``executor``, else local) with the file's settings for it and
     ``--executor-option`` on top, validated; raises BenchFileError naming the option and the allowed values."""
-    from clustkit.bench.plan import BenchFileError
     from clustkit.recipe.errors import validation_error
 
     if name is not None and name not in EXECUTORS:

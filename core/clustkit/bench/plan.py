@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +19,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from clustkit.bench.errors import BenchFileError
 from clustkit.bench.executor_settings import ExecutorName, RaySettings, SlurmSettings
-from clustkit.errors import RecipeError, UserError
-from clustkit.recipe import parse_override, read_toml, resolve_recipe
+from clustkit.errors import UserError
+from clustkit.recipe import parse_override, read_toml, resolve_recipe, toml_value
 from clustkit.recipe.errors import validation_error
 
 DEFAULT_SEEDS = [0, 1, 2]
 _SAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
-
-
-class BenchFileError(RecipeError):
-    """An invalid bench file or ``--grid``/``--seeds`` option: names the file, key and allowed values."""
-
-    def render(self) -> str:
-        text = super().render()
-        return text.replace("invalid recipe ", "invalid bench ", 1)
 
 
 # --- the file format ----------------------------------------------------------------------
@@ -190,27 +182,6 @@ class Plan:
 def _safe(text: str) -> str:
     """A label as a file-name-safe token (letters, digits, ``._+=-``)."""
     return _SAFE.sub("-", text).strip("-") or "x"
-
-
-def toml_value(value: Any) -> str:
-    """A Python value as an inline TOML value (the right-hand side of ``--set``)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
 
 
 def value_label(value: Any, index: int) -> str:

@@ -1,5 +1,5 @@
 """The function a Slurm job or a Ray task runs for one (cell, seed): the local executor's ``Executor.run``
-(the same ``child_main`` child command, run folder, bench.log and resources.json), in the folder the bench
+(the same child command, ``execute.CHILD``, run folder, bench.log and resources.json), in the folder the bench
 was started from, so that a bench gives the same run folders and numbers wherever its runs execute."""
 
 from __future__ import annotations

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from clustkit.bench.plan import Cell, Plan
+from clustkit.bench.resources import RESOURCES
 from clustkit.engine.run_folder import CHECKPOINT, RECIPE, SUMMARY
 from clustkit.errors import RecipeError, UserError
-
-RESOURCES = "resources.json"  # peak memory and process wall time, written by the run's process
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Registered through the ``clustkit`` entry point ``builtin`` and the public API, like any
 third-party plugin. This module holds the config models and the registration (no torch); the
-factories are import strings into ``clustkit.builtin.components`` and the core's ``nn`` modules.
+factories are import strings into ``clustkit.builtin.components``, ``clustkit.builtin.datasets`` and the
+core's ``nn`` modules; each dataset's options are its model in ``clustkit.builtin.dataset_configs``.
 """
 
 from __future__ import annotations
@@ -12,27 +13,11 @@ from typing import Literal
 from pydantic import Field
 
 from clustkit import ComponentConfig, EvaluatorConfig, HeadOrBackbone, HeadRef, Registry, hookimpl
+from clustkit.builtin.dataset_configs import DATASET_CONFIGS
 from clustkit.nn.configs import TensorAffineConfig
 
 F = "clustkit.builtin.components:"
-DATASETS = ("digits", "mnist", "fashion_mnist", "kmnist", "usps", "coil20", "cifar10", "cifar100", "stl10",
-            "image_folder", "imagenet10", "imagenet_dogs", "tiny_imagenet", "webdataset")
-
-
-class DatasetConfig(ComponentConfig):
-    root: str | None = Field(None, description="dataset folder (or file); ignored by digits")
-    split: Literal["all", "train", "test", "unlabeled"] = Field(
-        "all", description="clustering pools train and test; 'unlabeled': stl10's unlabelled split only")
-    image_size: int | None = Field(None, ge=4, description="resize folder images to this size")
-    superclasses: bool = Field(True, description="cifar100: the 20 coarse labels (the papers' protocol)")
-    unlabeled: bool = Field(False, description="stl10: add the 100k unlabelled split")
-    classes: list[str] | None = Field(None, description="image_folder: subfolders to keep, in order")
-    channels: int = Field(3, ge=1, le=3, description="image_folder, webdataset: 1 = grey, 3 = RGB")
-    cache_dir: str | None = Field(None, description="where extracted/decoded archives are cached")
-    in_memory: Literal["auto"] | bool = Field(
-        "auto", description="image files (folders, webdataset shards): decode once into memory (true), read from disk "
-        "every epoch in DataLoader workers (false: data larger than memory), or true when the decoded images take at "
-        "most a quarter of the available memory ('auto')")
+DATASETS = tuple(DATASET_CONFIGS)  # each name validated by its own model: options are per dataset
 
 
 class SmallCNNConfig(ComponentConfig):
@@ -77,8 +62,9 @@ class KMeansEvalConfig(EvaluatorConfig):
 
 @hookimpl
 def register_components(registry: Registry) -> None:
-    for name in DATASETS:
-        registry.add("dataset", name, F + "build_dataset", DatasetConfig, doc=f"{name} (train and test pooled)")
+    for name, config in DATASET_CONFIGS.items():
+        registry.add("dataset", name, "clustkit.builtin.datasets:build_dataset", config,
+                     doc=(config.__doc__ or name).strip().splitlines()[0])
     registry.add("backbone", "small_cnn", F + "build_small_cnn", SmallCNNConfig,
                  doc="4 conv layers + linear, for tiny images")
     registry.add("backbone", "resnet", F + "build_resnet", ResNetConfig,

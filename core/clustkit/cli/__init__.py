@@ -1,5 +1,7 @@
-"""The ``clustkit`` command line: ``app`` (run, check, recipes, plugins, views, bench, and
-predict / evaluate / export from ``trained``) and ``viewgrid`` (the picture behind ``clustkit views``)."""
+"""The ``clustkit`` command line: ``app`` (run, check, recipes, plugins, views, and the commands of the other
+modules), ``bench`` (``clustkit bench``, over the library ``clustkit.bench``), ``bench_child`` (the process
+that runs one bench run), ``trained`` (predict / evaluate / export), ``console`` (the ``error:`` line every
+command fails with) and ``viewgrid`` (the picture behind ``clustkit views``)."""
 
 from clustkit.cli.app import app, main
 

@@ -7,47 +7,24 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from clustkit import __version__
-from clustkit.bench.command import bench
+from clustkit.cli.bench import THREADS_HELP, bench
+from clustkit.cli.console import fail, print_error
 from clustkit.cli.trained import evaluate, export, predict
 from clustkit.engine.run_folder import CHECKPOINT
 from clustkit.errors import UserError
+from clustkit.recipe import load_recipe  # also clustkit.cli.app.load_recipe, for older callers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="clustkit: deep image clustering with contrastive learning, built from plugins and TOML recipes.")
 
 SET_HELP = "Override a recipe key: --set optimizer.lr=1e-3 (repeatable; values are TOML)."
-
-
-def _err(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
-
-
-def fail(exc: UserError) -> None:
-    from rich.markup import escape
-
-    _err(escape(str(exc)))
-    raise typer.Exit(exc.exit_code)
-
-
 RECIPE_HELP = "Recipe TOML file, or the name of a shipped recipe such as cc or cifar10/sacc (see `clustkit recipes`)."
-
-
-def load_recipe(recipe: Path | str, overrides: list[str]) -> tuple[Any, Any]:
-    """The validated recipe (``--set`` applied) and the installed plugins it was checked against;
-    ``recipe`` is a file or a shipped recipe's name (``resolve_recipe``)."""
-    from clustkit.plugin_system.manager import get_plugins
-    from clustkit.recipe import load, resolve_recipe
-
-    plugins = get_plugins()
-    path = resolve_recipe(recipe)
-    return load(path, plugins.registry, overrides, installed_plugins=list(plugins.info)), plugins
+VIEWS_PNG = Path("views.png")  # the default of views --out
 
 
 def _default_out(recipe: Path) -> Path:
@@ -58,23 +35,22 @@ def _default_out(recipe: Path) -> Path:
 
 @app.command()
 def run(
-    recipe: str = typer.Argument(..., help=RECIPE_HELP),  # str: typer's Path would drop the "./" of ./cc
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<recipe>-<time>)."),
-    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    recipe: Annotated[str, typer.Argument(help=RECIPE_HELP)],  # str: typer's Path would drop the "./" of ./cc
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<recipe>-<time>).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help=SET_HELP)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=0, help=THREADS_HELP)] = 0,
 ) -> None:
     """Train and evaluate a recipe; write recipe.toml, metrics.jsonl, summary.json, assignments.csv."""
     try:
-        loaded, plugins = load_recipe(recipe, set_)
+        loaded, plugins = load_recipe(recipe, set_ or [])
         if resume and out is None:  # never guess which run to continue
             raise UserError("--resume needs --out naming the run folder to continue (e.g. --out runs/cc-20261130-2042).")
         out_dir = out or _default_out(Path(loaded.path))
         if not resume and (out_dir / CHECKPOINT).exists():
             raise UserError(f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, "
                             f"or choose another --out.")
-        from clustkit.engine.run import Run
-
-        summary = Run(loaded, plugins, out_dir).execute(resume=resume)
+        summary = _execute(loaded, plugins, out_dir, resume, threads)
     except UserError as exc:
         fail(exc)
         return
@@ -89,15 +65,33 @@ def run(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())), highlight=False)
 
 
+def _execute(loaded: Any, plugins: Any, out_dir: Path, resume: bool, threads: int) -> dict[str, Any]:
+    """Run the recipe with ``threads`` torch CPU threads (0: as they are), restored afterwards: an in-process
+    caller (a test, a notebook through CliRunner) keeps its own setting."""
+    import torch
+
+    from clustkit.engine.run import Run
+
+    before = torch.get_num_threads()
+    try:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        return Run(loaded, plugins, out_dir).execute(resume=resume)
+    finally:
+        torch.set_num_threads(before)
+
+
 @app.command()
 def check(
-    recipe: str = typer.Argument(..., help=RECIPE_HELP),
-    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-    show: bool = typer.Option(False, "--show", help="Print the fully resolved recipe."),
+    recipe: Annotated[str, typer.Argument(help=RECIPE_HELP)],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help=SET_HELP)] = None,
+    show: Annotated[bool, typer.Option("--show", help="Print the fully resolved recipe.")] = False,
 ) -> None:
     """Validate a recipe without training."""
     try:
-        loaded, plugins = load_recipe(recipe, set_)
+        loaded, installed = load_recipe(recipe, set_ or [])
+        for _, kind, cfg in loaded.components:  # a factory string that does not import fails here, not in `run`
+            installed.registry.get(kind, cfg.name).factory_callable()
     except UserError as exc:
         fail(exc)
         return
@@ -114,10 +108,11 @@ def check(
 
 @app.command()
 def plugins(
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    show: Optional[str] = typer.Option(None, "--show", metavar="NAME",
-                                       help="Show the components of plugin NAME (or the components named NAME): "
-                                            "kind, doc and every config key with type, default and description."),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    show: Annotated[str | None, typer.Option("--show", metavar="NAME",
+                                             help="Show the components of plugin NAME (or the components named NAME): "
+                                                  "kind, doc and every config key with type, default and "
+                                                  "description.")] = None,
 ) -> None:
     """List installed plugins, their versions, components and hooks."""
     from clustkit.plugin_system.manager import get_plugins
@@ -179,8 +174,11 @@ def _show_components(ps: Any, name: str, as_json: bool) -> None:
                                  "factory": qualified_name(spec.factory), "config": qualified_name(spec.config)}
         try:
             entry["fields"] = [asdict(f) for f in config_fields(spec.config_model())]
-        except Exception as exc:  # one broken config must not hide the others
+        except Exception as exc:  # noqa: BLE001 (one broken config must not hide the others)
             entry["fields"], entry["error"] = [], f"{type(exc).__name__}: {exc}"
+        problem = spec.factory_problem()
+        if problem is not None:
+            entry["error"] = "; ".join(p for p in (entry.get("error"), f"{problem} (registered at {spec.shown_where()})") if p)
         comps.append(entry)
     if as_json:
         typer.echo(json.dumps({"name": name, "plugin": plugin, "components": to_jsonable_python(comps)}, indent=2))
@@ -202,23 +200,27 @@ def _show_components(ps: Any, name: str, as_json: bool) -> None:
         for col in ("key", "type", "default", "description"):
             table.add_column(col, overflow="fold")
         for f in c["fields"]:
-            default = "required" if f["required"] else _toml_value(f["default"])
+            default = "required" if f["required"] else _default_text(f["default"])
             table.add_row(*(escape(str(v)) for v in (f["key"], f["type"], default, f["description"])))
         console.print(table)
 
 
-def _toml_value(value: Any) -> str:
-    """A default as it is written in a recipe (JSON's scalars and lists are TOML's; None is ``unset``)."""
-    from pydantic_core import to_jsonable_python
+def _default_text(value: Any) -> str:
+    """A default as it is written in a recipe; ``unset`` for None (TOML has no null), and Python's text for
+    what TOML cannot write (a None inside a list), so that one odd default never hides the table."""
+    from clustkit.recipe import toml_value
 
     if value is None:
         return "unset"
-    return json.dumps(to_jsonable_python(value), ensure_ascii=False)
+    try:
+        return toml_value(value)
+    except TypeError:
+        return repr(value)
 
 
 @app.command()
 def recipes(
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List the recipes shipped with clustkit; run one by name: clustkit run cc."""
     from clustkit.recipe.shipped import shipped_recipes, shipped_root
@@ -244,16 +246,16 @@ def recipes(
 
 @app.command()
 def views(
-    recipe: str = typer.Argument(..., help=RECIPE_HELP),
-    out: Path = typer.Option(Path("views.png"), "--out", "-o", help="PNG file to write."),
-    n: int = typer.Option(8, "--n", min=1, help="Number of images."),
-    set_: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+    recipe: Annotated[str, typer.Argument(help=RECIPE_HELP)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = VIEWS_PNG,
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of images.")] = 8,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help=SET_HELP)] = None,
 ) -> None:
     """Save a grid of the recipe's training views (row 1: the images, then one row per view)."""
     try:
         from clustkit.cli.viewgrid import save_view_grid
 
-        path = save_view_grid(str(recipe), set_, str(out), n)
+        path = save_view_grid(str(recipe), set_ or [], str(out), n)
     except UserError as exc:
         fail(exc)
         return
@@ -267,7 +269,7 @@ app.command()(export)
 
 
 @app.callback(invoke_without_command=True)
-def _main(version: bool = typer.Option(False, "--version", help="Show the version and exit.")) -> None:
+def _main(version: Annotated[bool, typer.Option("--version", help="Show the version and exit.")] = False) -> None:
     if version:
         typer.echo(f"clustkit {__version__}")
         raise typer.Exit()
@@ -278,7 +280,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:  # errors raised outside a command body
-        _err(str(exc))
+        print_error(str(exc))
         sys.exit(exc.exit_code)
 
 

@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any
 
 import typer
 
+from clustkit.cli.console import fail
 from clustkit.errors import UserError
 
 DATA_HELP = "Override the run's \\[data] (another split or dataset): --set data.split='test' (repeatable)."
-
-
-def _fail(exc: UserError) -> None:
-    from clustkit.cli.app import fail
-
-    fail(exc)
+RUN_HELP = "A run folder written by `clustkit run`."
+DEVICE_HELP = "cpu, cuda, ... (default: the recipe's)."
+PREDICTIONS, EXPORT = Path("predictions.csv"), Path("export")  # the defaults of --out
+BACKBONE: list[str] = ["backbone"]  # of export --features (typer hands the command a copy)
 
 
 def _check_out(path: Path, run_dir: Path) -> None:
@@ -58,21 +57,31 @@ def write_table(columns: dict[str, Any], path: Path) -> None:
     w = csv.writer(buf)
     w.writerow(names)
     for row in zip(*values):
-        w.writerow([f"{x:.6g}" if isinstance(x, float) or getattr(x, "dtype", None) == np.float32 else x for x in row])
+        w.writerow([_cell(x) for x in row])
     atomic_write(path, buf.getvalue())
 
 
+def _cell(x: Any) -> Any:
+    """A CSV cell: floats to 6 significant digits, NaN (no value: an unreadable file's confidence) empty."""
+    if isinstance(x, float) or getattr(x, "dtype", None) in ("float32", "float64"):
+        return "" if x != x else f"{x:.6g}"
+    return x
+
+
 def predict(
-    run_dir: Path = typer.Argument(..., help="A run folder written by `clustkit run`."),
-    images: Optional[list[Path]] = typer.Argument(None, help="Image files and/or folders of images (searched "
-                                                  "recursively); none: the run's dataset, with --set overrides."),
-    out: Path = typer.Option(Path("predictions.csv"), "--out", "-o", help="CSV file (or .parquet, with pyarrow)."),
-    embedding: bool = typer.Option(False, "--embedding", help="Also write the features the assignment read."),
-    copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="Copy each image file into DIR/cluster_<k>/."),
-    set_: list[str] = typer.Option([], "--set", "-s", help=DATA_HELP + " Without IMAGES: the dataset to predict."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: the recipe's)."),
+    run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)],
+    images: Annotated[list[Path] | None, typer.Argument(
+        help="Image files and/or folders of images (searched recursively); none: the run's dataset, with --set "
+             "overrides.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file (or .parquet, with pyarrow).")] = PREDICTIONS,
+    embedding: Annotated[bool, typer.Option("--embedding", help="Also write the features the assignment read.")] = False,
+    copy_to: Annotated[Path | None, typer.Option("--copy-to", help="Copy each image file into DIR/cluster_<k>/.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help=DATA_HELP + " Without IMAGES: the dataset to predict.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
 ) -> None:
     """Assign clusters to new images with a trained run; writes path, cluster and confidence."""
+    set_ = set_ or []
     try:
         from clustkit.trained import load_run
 
@@ -104,22 +113,27 @@ def predict(
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest / f"{i:06d}_{Path(src).name}")
     except UserError as exc:
-        _fail(exc)
+        fail(exc)
         return
-    typer.echo(f"wrote {out}: {len(result.paths)} images in {len(set(result.clusters.tolist()) - {-1})} clusters "
-               f"(rule: {run.rule} on {run.space})" + (f"; copies in {copy_to}" if copy_to else ""))
+    unreadable = int((result.clusters < 0).sum())
+    typer.echo(f"wrote {out}: {len(result.clusters) - unreadable} images in {len(set(result.clusters.tolist()) - {-1})} "
+               f"clusters (rule: {run.rule} on {run.space})"
+               + (f"; {unreadable} unreadable file(s): cluster -1, no confidence" if unreadable else "")
+               + (f"; copies in {copy_to}" if copy_to else ""))
 
 
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A run folder written by `clustkit run`."),
-    set_: list[str] = typer.Option([], "--set", "-s", help=DATA_HELP + " Or another evaluation of the same network: "
-                                   "--set evaluation.vote_k=10."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the result as JSON to this file."),
-    probes: bool = typer.Option(True, "--probes/--no-probes", help="kNN and linear-probe accuracy of the features."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: the recipe's)."),
+    run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help=DATA_HELP + " Or another evaluation of the same network: --set evaluation.vote_k=10.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the result as JSON to this file.")] = None,
+    probes: Annotated[bool, typer.Option(
+        "--probes/--no-probes", help="kNN and linear-probe accuracy of the features.")] = True,
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
 ) -> None:
     """Re-evaluate a run's checkpoint with every candidate clustering (and representation probes)."""
+    set_ = set_ or []
     try:
         from clustkit.trained import load_run
 
@@ -131,7 +145,7 @@ def evaluate(
 
             atomic_write(out, json.dumps(result, indent=2) + "\n")
     except UserError as exc:
-        _fail(exc)
+        fail(exc)
         return
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -160,17 +174,19 @@ def evaluate(
 
 
 def export(
-    run_dir: Path = typer.Argument(..., help="A run folder written by `clustkit run`."),
-    features: list[str] = typer.Option(["backbone"], "--features", "-f",
-                                       help="backbone or a head's name (repeatable); soft-assignment heads give "
-                                            "the soft assignments."),
-    out: Path = typer.Option(Path("export"), "--out", "-o", help="Folder to write into."),
-    fmt: str = typer.Option("npy", "--format", help="npy (one array per file) or parquet (one table)."),
-    set_: list[str] = typer.Option([], "--set", "-s", help=DATA_HELP),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, ... (default: the recipe's)."),
+    run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)],
+    features: Annotated[list[str], typer.Option(
+        "--features", "-f",
+        help="backbone or a head's name (repeatable); soft-assignment heads give the soft assignments.")] = BACKBONE,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into.")] = EXPORT,
+    fmt: Annotated[str, typer.Option("--format", help="npy (one array per file) or parquet (one table).")] = "npy",
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help=DATA_HELP)] = None,
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
 ) -> None:
     """Write features (N × D) and soft assignments of the run's dataset, in index order."""
     import numpy as np
+
+    set_ = set_ or []
 
     try:
         from clustkit.atomic import atomic_write
@@ -194,6 +210,6 @@ def export(
             write_table({"index": np.arange(len(labels)).tolist(), "label": labels.tolist(), **arrays}, path)
             written.append(f"{path.name} ({len(labels)} rows: index, label, {', '.join(arrays)})")
     except UserError as exc:
-        _fail(exc)
+        fail(exc)
         return
     typer.echo(f"wrote {out}: " + ", ".join(written))

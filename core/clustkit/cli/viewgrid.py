@@ -28,18 +28,18 @@ def _display(x: torch.Tensor) -> torch.Tensor:
 
 def view_rows(recipe_path: str, overrides: list[str], n_images: int = 8) -> dict[str, torch.Tensor]:
     """``{"original": ..., view_name: ...}``, each n x C x H x W in [0, 1] on the CPU."""
-    from clustkit.cli.app import load_recipe
     from clustkit.engine.build import build_run
+    from clustkit.recipe import load_recipe
 
     recipe, plugins = load_recipe(recipe_path, list(overrides))
-    ctx = build_run(recipe, plugins, None)
+    ctx = build_run(recipe, plugins, None).ctx
     n = min(n_images, len(ctx.dataset))
     images = torch.stack([torch.as_tensor(ctx.dataset[i][0]) for i in range(n)])
     x = images.to(ctx.device).float()
     if images.dtype == torch.uint8:
         x = x / 255.0
     with torch.no_grad():
-        views = ctx.hook.make_views(images=x, train=True, ctx=ctx)
+        views = ctx.make_views(x, train=True)
     rows = {"original": x.cpu()}
     rows.update({name: _display(v) for name, v in views.items()})
     return rows

@@ -12,51 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clustkit.cluster.kmeans import _resolve_backend, as_float32_array, faiss_flat_index
+from clustkit.cluster.backend import as_float32_array, resolve_backend
+from clustkit.cluster.search import drop_self, faiss_search, torch_search
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["knn", "knn_graph", "graph_from_neighbors"]
+__all__ = ["graph_from_neighbors", "knn", "knn_graph"]
 
 NORMALIZATIONS = ("sym", "row", "none")
-_BLOCK_BYTES = 1 << 28  # ~256 MiB of distances per block in the torch fallback
-
-
-def _faiss_search(x: np.ndarray, q: np.ndarray, kk: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact search of ``q`` among ``x``: a flat L2 index, sharded over the GPUs when FAISS has several."""
-    index = faiss_flat_index(x.shape[1], shard=True)
-    index.add(x)
-    parts = [index.search(q[s : s + chunk], kk) for s in range(0, q.shape[0], chunk)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _torch_search(x: np.ndarray, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    xt, qt = torch.from_numpy(x), torch.from_numpy(q)
-    block = max(1, _BLOCK_BYTES // (4 * x.shape[0]))
-    dists, idxs = [], []
-    for s in range(0, q.shape[0], block):
-        d = torch.cdist(qt[s : s + block], xt).pow_(2)
-        vals, ind = torch.topk(d, kk, dim=1, largest=False, sorted=True)
-        dists.append(vals)
-        idxs.append(ind)
-    return torch.cat(dists).numpy(), torch.cat(idxs).numpy()
-
-
-def _drop_self(dist: np.ndarray, idx: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each query's own index (``rows``, default 0..n-1) from its k+1 results, else its
-    last column.
-
-    With duplicate points the query may tie with (and be ranked after) its copies,
-    or fall out of the list entirely; both cases keep k true neighbours.
-    """
-    n, kk = idx.shape
-    drop = idx == (np.arange(n) if rows is None else np.asarray(rows))[:, None]
-    drop[~drop.any(axis=1), kk - 1] = True
-    keep = ~drop
-    return dist[keep].reshape(n, kk - 1), idx[keep].reshape(n, kk - 1)
 
 
 def knn(
@@ -71,7 +35,7 @@ def knn(
     (a flat L2 index from ``faiss_flat_index``, sharded over the GPUs when FAISS has several;
     queries in chunks of ``chunk``) or "torch" (``cdist`` on row blocks + ``topk``).
     """
-    backend = _resolve_backend(backend, "knn")
+    backend = resolve_backend(backend, "knn")
     xs = as_float32_array(x)
     if xs.ndim != 2:
         raise ValueError(f"x must be 2-D (N x D), got shape {xs.shape}")
@@ -82,12 +46,12 @@ def knn(
     db = xs if among is None else np.ascontiguousarray(xs[np.asarray(among)])
     if kk > len(db):
         raise ValueError(f"k={k} is too large for {len(db)} candidate neighbours (exclude_self={exclude_self})")
-    dist, idx = _faiss_search(db, qs, kk, chunk) if backend == "faiss" else _torch_search(db, qs, kk)
+    dist, idx = faiss_search(db, qs, kk, chunk) if backend == "faiss" else torch_search(db, qs, kk)
     dist = np.maximum(dist, 0.0).astype(np.float32, copy=False)
     idx = idx.astype(np.int64, copy=False)
     if among is not None:
         idx = np.asarray(among, dtype=np.int64)[idx]
-    return _drop_self(dist, idx, rows) if exclude_self else (dist, idx)
+    return drop_self(dist, idx, rows) if exclude_self else (dist, idx)
 
 
 def knn_graph(

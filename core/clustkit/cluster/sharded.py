@@ -20,41 +20,36 @@ torch and faiss are imported lazily, as in the rest of ``clustkit.cluster``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clustkit.cluster.kmeans import (
-    KMeansResult,
-    _fit,
-    _prepare,
-    _resolve_backend,
-    _validate,
+from clustkit.cluster.backend import (
     as_float32_array,
     faiss_devices,
     faiss_flat_index,
+    resolve_backend,
+    validate_kmeans_args,
 )
-from clustkit.cluster.neighbors import (
-    _drop_self,
-    _faiss_search,
-    _torch_search,
-    graph_from_neighbors,
-    knn,
-)
+from clustkit.cluster.kmeans import KMeansResult
+from clustkit.cluster.lloyd import lloyd_fit, prepare_rows
+from clustkit.cluster.neighbors import graph_from_neighbors, knn
+from clustkit.cluster.search import drop_self, faiss_search, torch_search
 
 if TYPE_CHECKING:
     import torch
 
-    from clustkit.cluster.kmeans import Assign
+    from clustkit.cluster.lloyd import Assign
     from clustkit.dist import RowShards
 
 __all__ = [
     "ShardedKMeansResult",
+    "knn_across_ranks",
     "sharded_kmeans",
     "sharded_knn",
     "sharded_knn_graph",
-    "knn_across_ranks",
 ]
 
 
@@ -145,20 +140,20 @@ def sharded_kmeans(
     """
     import torch
 
-    backend = _resolve_backend(backend)
+    backend = resolve_backend(backend)
     x = x_local if isinstance(x_local, torch.Tensor) else torch.from_numpy(np.asarray(x_local))
     rows, d = _layout(x)
-    _validate((rows.n_total, d), k, n_init, max_iter)
-    x = _prepare(x, spherical)
+    validate_kmeans_args((rows.n_total, d), k, n_init, max_iter)
+    x = prepare_rows(x, spherical)
     assign, name = None, "torch"
     if backend == "faiss":
         devices = list(faiss_devices() if devices is None else devices)
         x = x.cpu()
         assign = _faiss_assign(spherical, devices)
         name = "faiss-cpu" if all(dev == "cpu" for dev in devices) else "faiss-gpu"
-    res = _fit(x, k, rows=rows, spherical=spherical, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed,
-               chunk=chunk, assign=assign, backend=name)
-    return ShardedKMeansResult(**{f.name: getattr(res, f.name) for f in fields(KMeansResult)}, shards=rows)
+    fit = lloyd_fit(x, k, rows=rows, spherical=spherical, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed,
+                    chunk=chunk, assign=assign)
+    return ShardedKMeansResult(**vars(fit), backend=name, shards=rows)
 
 
 def _merge_nearest(
@@ -178,7 +173,7 @@ def _sharded_knn(
 
     from clustkit import dist
 
-    backend = _resolve_backend(backend, "knn")
+    backend = resolve_backend(backend, "knn")
     xs = as_float32_array(x_local)
     rows, _ = _layout(xs)
     kk = k + 1 if exclude_self else k
@@ -190,11 +185,11 @@ def _sharded_knn(
     for _, offset, block in dist.shard_blocks(torch.from_numpy(xs), rows.sizes):
         if n:
             db, m = block.numpy(), min(kk, block.shape[0])
-            d, i = _faiss_search(db, xs, m, chunk) if backend == "faiss" else _torch_search(db, xs, m)
+            d, i = faiss_search(db, xs, m, chunk) if backend == "faiss" else torch_search(db, xs, m)
             best_d, best_i = _merge_nearest(best_d, best_i, d, i.astype(np.int64) + offset, kk)
     best_d = np.maximum(best_d, 0.0).astype(np.float32, copy=False)
     if exclude_self:
-        best_d, best_i = _drop_self(best_d, best_i, np.arange(rows.offset, rows.offset + n))
+        best_d, best_i = drop_self(best_d, best_i, np.arange(rows.offset, rows.offset + n))
     return best_d, best_i, rows
 
 

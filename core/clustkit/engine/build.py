@@ -3,7 +3,8 @@
 :func:`build_run` calls the builders below in the order the parts depend on each other; each
 builder is short and does one thing. Components are built by their plugins' factories with a
 :class:`BuildContext` that grows as the run takes shape (the data's shape after the dataset,
-the feature size after the backbone, the view names after the view generator).
+the feature size after the backbone, the view names after the view generator), then checked
+and bound by role (:mod:`clustkit.engine.components`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pluggy
 import torch
 from rich.console import Console
 
@@ -25,13 +25,15 @@ from clustkit import dist
 from clustkit.data.memory import auto_workers
 from clustkit.engine.batches import BatchSource, steps_per_epoch
 from clustkit.engine.checkpoint import RESUMABLE_KEYS, Checkpointer
+from clustkit.engine.components import RunComponents, organise
 from clustkit.engine.context import BuildContext, RunContext
 from clustkit.engine.network import Network, momentum_copy
+from clustkit.engine.plugin_errors import describe_factory_failure
 from clustkit.engine.run_folder import CHECKPOINT
+from clustkit.engine.state import RunState
 from clustkit.errors import RecipeError, UserError
-from clustkit.plugin_system.hookspecs import hookimpl
-from clustkit.plugin_system.manager import PluginSet, run_manager
-from clustkit.plugin_system.registry import Registry
+from clustkit.plugin_system.manager import PluginSet, run_hooks
+from clustkit.plugin_system.registry import ComponentSpec
 from clustkit.recipe.schema import Recipe
 
 
@@ -57,16 +59,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_component(registry: Registry, kind: str, cfg: Any, ctx: BuildContext) -> Any:
-    """One component, by its plugin's factory; a factory's ValueError becomes an error naming the key."""
-    spec = registry.get(kind, cfg.name)
+def build_component(plugins: PluginSet, kind: str, cfg: Any, ctx: BuildContext) -> tuple[ComponentSpec, Any]:
+    """One component, by its plugin's factory: (its registration, the object). A factory's ValueError
+    is an error in the recipe naming the key; any other exception a ``PluginError`` naming the plugin."""
+    spec = plugins.registry.get(kind, cfg.name)
     assert spec is not None, "the recipe loader checked every component name"
+    factory = spec.factory_callable()
     try:
-        return spec.build(cfg, ctx)
+        return spec, factory(cfg, ctx)
     except UserError:
         raise
     except (ValueError, FileNotFoundError) as exc:
         raise RecipeError(ctx.recipe.path, ctx.key, f"{kind} {cfg.name!r} could not be built: {exc}") from None
+    except Exception as exc:
+        raise describe_factory_failure(exc, spec, ctx.key, plugins) from exc
 
 
 def batch_source(recipe: Recipe, dataset: Any, seed: int, device: torch.device) -> BatchSource:
@@ -79,11 +85,12 @@ def batch_source(recipe: Recipe, dataset: Any, seed: int, device: torch.device) 
                        run.drop_last, seed, device, workers, run.max_unreadable)
 
 
-def build_data(recipe: Recipe, registry: Registry, ctx: BuildContext) -> tuple[Any, dict[str, BatchSource], BuildContext]:
+def build_data(recipe: Recipe, plugins: PluginSet,
+               ctx: BuildContext) -> tuple[Any, dict[str, BatchSource], BuildContext]:
     """The dataset of ``[data]``, the batches of each pass of an epoch (``[unlabeled]`` first, when
     the recipe has one), and the build context with the data's shape filled in."""
     r = recipe
-    ds = build_component(registry, "dataset", r.data, replace(ctx, key="data"))
+    _, ds = build_component(plugins, "dataset", r.data, replace(ctx, key="data"))
     n_clusters = r.run.n_clusters or ds.num_classes or 0
     if n_clusters < 2:
         raise RecipeError(r.path, "run.n_clusters", "is required for a dataset without labels (how many clusters?).")
@@ -92,14 +99,14 @@ def build_data(recipe: Recipe, registry: Registry, ctx: BuildContext) -> tuple[A
     ctx = replace(ctx, n_items=len(ds), in_channels=ds.channels, image_size=tuple(ds.image_size), n_clusters=n_clusters)
     sources = {"data": batch_source(r, ds, r.run.seed, ctx.device)}
     if r.unlabeled is not None:
-        sources = {"unlabeled": unlabeled_source(recipe, registry, ctx, ds), **sources}
+        sources = {"unlabeled": unlabeled_source(recipe, plugins, ctx, ds), **sources}
     return ds, sources, ctx
 
 
-def unlabeled_source(recipe: Recipe, registry: Registry, ctx: BuildContext, data: Any) -> BatchSource:
+def unlabeled_source(recipe: Recipe, plugins: PluginSet, ctx: BuildContext, data: Any) -> BatchSource:
     """The items of the [unlabeled] pass (e.g. STL-10's 100k unlabelled images), batched like [data]."""
     r = recipe
-    extra = build_component(registry, "dataset", r.unlabeled, replace(ctx, key="unlabeled"))
+    _, extra = build_component(plugins, "dataset", r.unlabeled, replace(ctx, key="unlabeled"))
     if extra.channels != data.channels or tuple(extra.image_size) != tuple(data.image_size):
         raise RecipeError(r.path, "unlabeled", f"holds {extra.channels}-channel {tuple(extra.image_size)} images but "
                           f"[data] holds {data.channels}-channel {tuple(data.image_size)} ones; one network sees both, "
@@ -111,41 +118,30 @@ def unlabeled_source(recipe: Recipe, registry: Registry, ctx: BuildContext, data
     return source
 
 
-class _RecipeHeads:
-    """Puts the recipe's [heads.*] into the network through the ``build_heads`` hook."""
-
-    def __init__(self, modules: dict[str, torch.nn.Module]):
-        self.modules = modules
-
-    @hookimpl
-    def build_heads(self, in_dim: int, ctx: BuildContext) -> dict[str, torch.nn.Module]:
-        return self.modules
-
-
-def build_components(recipe: Recipe, registry: Registry, pm: pluggy.PluginManager,
-                     ctx: BuildContext) -> tuple[dict[str, Any], BuildContext]:
-    """Views, losses (weight > 0: a removed term costs nothing), grouping, evaluation and refine,
-    in recipe order, each registered on the run's plugin manager under its recipe key."""
-    components: dict[str, Any] = {}
+def build_components(recipe: Recipe, plugins: PluginSet, ctx: BuildContext) -> tuple[RunComponents, BuildContext]:
+    """Views, losses (weight > 0: a removed term costs nothing), grouping, evaluation and refine, in
+    recipe order, checked and bound by role."""
+    built: dict[str, tuple[ComponentSpec, Any]] = {}
     for key, kind, cfg in recipe.components:
         if kind in ("dataset", "backbone", "head") or (kind == "loss" and cfg.weight == 0):
             continue
-        component = build_component(registry, kind, cfg, replace(ctx, key=key))
-        components[key] = component
-        pm.register(component, name=key)
+        built[key] = build_component(plugins, kind, cfg, replace(ctx, key=key))
         if kind == "views":  # losses check their view pairs against these
-            ctx = replace(ctx, view_names=tuple(getattr(component, "view_names", ())))
-    return components, ctx
+            ctx = replace(ctx, view_names=tuple(getattr(built[key][1], "view_names", ())))
+    return organise(built), ctx
 
 
-def build_network(recipe: Recipe, backbone: torch.nn.Module, pm: pluggy.PluginManager,
-                  ctx: BuildContext) -> tuple[Network, Network | None]:
-    """The backbone with every head contributed through ``build_heads``, and its momentum copy."""
-    heads: dict[str, torch.nn.Module] = {}
-    for contribution in pm.hook.build_heads(in_dim=ctx.backbone_dim, ctx=replace(ctx, key="heads")):
+def build_network(recipe: Recipe, backbone: torch.nn.Module, heads: dict[str, torch.nn.Module],
+                  components: RunComponents, ctx: BuildContext) -> tuple[Network, Network | None]:
+    """The backbone with the recipe's heads and those its components build (``build_heads``, in
+    recipe order), and its momentum copy."""
+    heads = dict(heads)
+    for builder in components.head_builders:
+        contribution = builder.call(in_dim=ctx.backbone_dim, ctx=replace(ctx, key=builder.key))
         for name, module in (contribution or {}).items():
             if name in heads and heads[name] is not module:
-                raise RecipeError(recipe.path, f"heads.{name}", "is contributed twice (by the recipe and a component).")
+                raise RecipeError(recipe.path, builder.key, f"adds a head named {name!r}, which the network already "
+                                  f"has (a [heads.{name}] or another component's); rename one of them.")
             heads[name] = module
     model = Network(backbone, heads).to(ctx.device)
     if recipe.run.channels_last:
@@ -199,31 +195,8 @@ def build_schedule(recipe: Recipe, optimizer: torch.optim.Optimizer, epoch_steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def component_callers(pm: pluggy.PluginManager, components: dict[str, Any], hook: str,
-                      keys: list[str]) -> dict[str, Any]:
-    """Hook ``hook`` of each listed component on its own, by recipe key, in the order of ``keys``
-    (pluggy calls every implementation of a hook, the last registered first)."""
-    plugins = [p for _, p in pm.list_name_plugin() if p is not None]
-    return {key: pm.subset_hook_caller(hook, [p for p in plugins if p is not components[key]]) for key in keys}
-
-
-def loss_callers(pm: pluggy.PluginManager, components: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """``compute_loss`` of each listed loss component on its own, by the ``<id>`` of its
-    ``[losses.<id>]`` key (the engine names and weights each component's terms)."""
-    return {key.split(".", 1)[1]: call for key, call in component_callers(pm, components, "compute_loss", keys).items()}
-
-
-def after_training(ctx: RunContext) -> None:
-    """The ``after_training`` hook: every component but the refiners, then each ``[refine.<id>]``
-    stage on its own in recipe order (IcicleGCN's GCN, then self-labelling on its labels)."""
-    stages = [k for k in ctx.components if k.startswith("refine.")]
-    ctx.pm.subset_hook_caller("after_training", [ctx.components[k] for k in stages])(ctx=ctx)
-    for call in component_callers(ctx.pm, ctx.components, "after_training", stages).values():
-        call(ctx=ctx)
-
-
-def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started: float | None = None) -> RunContext:
-    """Everything a run needs, ready to train: the returned context has no part left to fill."""
+def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started: float | None = None) -> RunState:
+    """Everything a run needs, ready to train: the returned state (and its ``ctx``) has no part left to fill."""
     r = recipe
     device = pick_device(r.run.device)
     dist.init_from_env(device.type)
@@ -232,23 +205,24 @@ def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started:
     seed_everything(r.run.seed)
     if r.run.deterministic:
         torch.use_deterministic_algorithms(True)
-    registry = plugins.registry
     ctx = BuildContext(r, "data", device)
-    dataset, sources, ctx = build_data(r, registry, ctx)
-    backbone = build_component(registry, "backbone", r.backbone, replace(ctx, key="backbone"))
+    dataset, sources, ctx = build_data(r, plugins, ctx)
+    _, backbone = build_component(plugins, "backbone", r.backbone, replace(ctx, key="backbone"))
     ctx = replace(ctx, backbone_dim=int(backbone.out_dim))
-    heads = {k: build_component(registry, "head", cfg, replace(ctx, key=f"heads.{k}")) for k, cfg in r.heads.items()}
-    pm = run_manager(plugins)
-    pm.register(_RecipeHeads(heads), name="heads")
-    components, ctx = build_components(r, registry, pm, ctx)
-    model, momentum = build_network(r, backbone, pm, ctx)
+    heads = {k: build_component(plugins, "head", cfg, replace(ctx, key=f"heads.{k}"))[1] for k, cfg in r.heads.items()}
+    components, ctx = build_components(r, plugins, ctx)
+    model, momentum = build_network(r, backbone, heads, components, ctx)
     optimizer = build_optimizer(r, model)
     epoch_steps = steps_per_epoch(sources)
     total_steps = epoch_steps * r.run.epochs
-    return RunContext(
-        recipe=r, device=device, dataset=dataset, n_clusters=ctx.n_clusters, in_channels=ctx.in_channels,
-        image_size=ctx.image_size, backbone_dim=ctx.backbone_dim, model=model, optimizer=optimizer,
-        scheduler=build_schedule(r, optimizer, epoch_steps, total_steps), sources=sources, pm=pm,
-        components=components, console=Console(stderr=True),
-        checkpointer=Checkpointer(out_dir / CHECKPOINT if out_dir else None, r.fingerprint(RESUMABLE_KEYS)),
-        momentum=momentum, total_steps=total_steps, started=time.perf_counter() if started is None else started)
+    run = RunState(
+        recipe=r, plugins=plugins, components=components, hooks=run_hooks(plugins, components.by_key),
+        optimizer=optimizer, scheduler=build_schedule(r, optimizer, epoch_steps, total_steps), sources=sources,
+        console=Console(stderr=True),
+        checkpointer=Checkpointer(out_dir / CHECKPOINT if out_dir else None, r.fingerprint(RESUMABLE_KEYS),
+                                  r.run.keep_checkpoints),
+        total_steps=total_steps, started=time.perf_counter() if started is None else started)
+    run.ctx = RunContext(recipe=r, device=device, dataset=dataset, n_clusters=ctx.n_clusters,
+                         in_channels=ctx.in_channels, image_size=ctx.image_size, backbone_dim=ctx.backbone_dim,
+                         model=model, _momentum=momentum, _run=run)
+    return run

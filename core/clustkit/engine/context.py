@@ -1,48 +1,44 @@
 """The two contexts a component sees: :class:`BuildContext` while it is built, :class:`RunContext`
-in every run hook afterwards. Both are part of the public API (docs/api.md)."""
+in every call afterwards. Both are part of the public API (docs/api.md): every public member is
+documented there, and the engine's own state stays behind them (``clustkit.engine.state``)."""
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import InitVar, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-import numpy as np
 import torch
 
 from clustkit import dist
-from clustkit.engine.batches import steps_per_epoch
-from clustkit.errors import RecipeError, RunDiverged
+from clustkit.engine import evaluation, features, grouping
+from clustkit.errors import PluginError, RecipeError
 
 if TYPE_CHECKING:
-    import pluggy
-    from rich.console import Console
-
+    from clustkit.cluster.kmeans import KMeansResult
+    from clustkit.cluster.prediction import Prediction
     from clustkit.engine.batches import BatchSource
-    from clustkit.engine.checkpoint import Checkpointer
     from clustkit.engine.network import Network
+    from clustkit.engine.state import RunState
     from clustkit.recipe.schema import Recipe
 
 T = TypeVar("T")
 
-
-@dataclass
-class Prediction:
-    """One cluster id per dataset item, in index order (what evaluators return)."""
-
-    labels: np.ndarray
-    source: str = ""
-    scores: np.ndarray | None = None  # e.g. max soft-assignment, distance to centroid
-    extra: dict[str, Any] = field(default_factory=dict)
-    # How a trained run assigns an image it has not seen (``clustkit predict``): ``rule`` "argmax"
-    # takes the argmax of head ``space``; "centroid" the nearest mean, over the run's clusters, of
-    # the features ``space`` ("backbone" or a head's name), "cosine_centroid" the same on
-    # L2-normalised features; ``momentum`` reads the momentum network.
-    space: str = "backbone"
-    rule: str = "centroid"
-    momentum: bool = False
-    centroids: np.ndarray | None = None  # the clusters' centres in ``space``, when the evaluator has them
+_ENGINE = "it is engine state, which components do not reach"
+#: clustkit 0.1's RunContext members that are gone, and what to use instead.
+_REMOVED = {
+    "hook": "use ctx.make_views(images, train) for the views; lifecycle notifications reach a component that has "
+            "the method",
+    "pm": _ENGINE, "components": f"{_ENGINE}; components that cooperate do so through out.extras or "
+                                 "BuildContext.shared",
+    "recipe_evaluation": "use ctx.evaluate()",
+    "clustering": "a refinement stage gets the previous clustering as refine(previous, ctx); ctx.select(previous) "
+                  "gives the label-free choice",
+    "grouping_shards": "a grouper's assign_groups receives rows (None: the whole matrix)",
+    **{name: _ENGINE for name in ("optimizer", "scheduler", "sources", "console", "checkpointer", "history",
+                                  "assignment", "phase", "current_pass", "total_steps", "steps_per_epoch",
+                                  "momentum_value", "wall_s", "extract_spaces_shard", "started", "wall_before")},
+}
 
 
 @dataclass(frozen=True)
@@ -82,13 +78,15 @@ class BuildContext:
         return RecipeError(self.recipe.path, f"{self.key}.{key}" if key else self.key, message, allowed)
 
 
+
+
 @dataclass(eq=False)
 class RunContext:
-    """Shared state of a built run; every run hook receives it. No field is None.
+    """What a component receives in every call after the run is built: the run's description, its
+    network, the counters, and the engine's services (views, features, grouping, evaluation).
 
-    Components read it and may change their own state; the engine owns the counters
-    (``epoch``, ``step``, ``phase``) and the network. ``components`` maps recipe keys
-    (``"losses.instance"``, ``"views"``) to the built components, read-only.
+    The engine owns the counters (``epoch``, ``step``) and the network; components read them and
+    change only their own state. Everything here is documented in docs/api.md.
     """
 
     recipe: Recipe
@@ -99,33 +97,20 @@ class RunContext:
     image_size: tuple[int, int]
     backbone_dim: int
     model: Network
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    sources: dict[str, BatchSource]   # the passes of an epoch, in order ("unlabeled" first, then "data")
-    pm: pluggy.PluginManager
-    components: dict[str, Any]
-    console: Console
-    checkpointer: Checkpointer
-    momentum: InitVar[Network | None] = None
-    total_steps: int = 0
-    epoch: int = 0                    # epochs completed so far (the current epoch's index while training)
-    step: int = 0                     # optimizer steps so far
-    phase: str = "train"              # "train" -> "post" (after_training) -> "done"
-    current_pass: str = "data"        # "unlabeled" during the [unlabeled] pass of an epoch
-    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, one entry per epoch
-    assignment: dict[str, Any] = field(default_factory=dict)  # how the finished run assigns new images
-    wall_before: float = 0.0          # seconds spent by earlier invocations (resume)
-    started: float = field(default_factory=time.perf_counter)
-    _grouping_shards: bool = field(default=False, init=False, repr=False)  # behind grouping_shards
+    epoch: int = 0  # epochs completed so far: the 0-based index of the epoch running, in its hooks
+    step: int = 0   # optimizer steps so far
+    _momentum: Network | None = field(default=None, repr=False)
+    _run: RunState | None = field(default=None, repr=False)
 
-    def __post_init__(self, momentum: Network | None) -> None:
-        self._momentum = momentum
+    def __getattr__(self, name: str) -> Any:
+        """Only reached for a name the context does not have: clustkit 0.1's members say what replaced them."""
+        instead = _REMOVED.get(name)
+        if instead is None:
+            raise AttributeError(f"'RunContext' object has no attribute {name!r} (its members: docs/api.md)")
+        raise AttributeError(f"RunContext.{name} was removed in clustkit 0.2: {instead} (docs/api.md, 'From "
+                             "clustkit 0.1').")
 
     # -- what the recipe and the launcher decided ------------------------------------------
-    @property
-    def hook(self) -> Any:
-        return self.pm.hook
-
     @property
     def epochs(self) -> int:
         return self.recipe.run.epochs
@@ -148,8 +133,9 @@ class RunContext:
 
     @property
     def source(self) -> BatchSource:
-        """The batches of ``[data]`` (evaluation and ``extract`` use these)."""
-        return self.sources["data"]
+        """The batches of ``[data]``: ``train_batches(epoch, indices=None)``, ``eval_batches(indices)``,
+        ``unreadable`` (index -> why)."""
+        return self._engine.sources["data"]
 
     @property
     def has_momentum(self) -> bool:
@@ -162,254 +148,84 @@ class RunContext:
             raise RuntimeError("this recipe has no [momentum] section, so there is no momentum network")
         return self._momentum
 
+    @property
+    def _engine(self) -> RunState:
+        if self._run is None:
+            raise RuntimeError("this RunContext is not attached to a built run")
+        return self._run
+
     # -- helpers ------------------------------------------------------------------------------
     def print(self, *args: Any) -> None:
         """Print on rank 0 only; text is shown as is (square brackets are not rich markup)."""
         if self.is_main:
-            self.console.print(*args, markup=False, highlight=False, soft_wrap=True)
-
-    def wall_s(self) -> float:
-        """Seconds this run has taken, across resumed invocations."""
-        return self.wall_before + time.perf_counter() - self.started
-
-    def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch: every pass ([unlabeled] if any, then [data])."""
-        return steps_per_epoch(self.sources)
-
-    def momentum_value(self) -> float:
-        """The EMA momentum at the current step (constant, or a cosine ramp to ``momentum.final``)."""
-        cfg = self.recipe.momentum
-        if cfg is None:
-            return 0.0
-        if cfg.final is None or self.total_steps == 0:
-            return cfg.base
-        progress = min(1.0, self.step / self.total_steps)
-        return cfg.final - (cfg.final - cfg.base) * (math.cos(math.pi * progress) + 1) / 2
+            self._engine.console.print(*args, markup=False, highlight=False, soft_wrap=True)
 
     def autocast(self) -> Any:
+        """The run's mixed-precision context (bf16 when ``run.precision`` asks for it)."""
         enabled = self.recipe.run.precision == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def save_checkpoint(self) -> None:
-        """Write a checkpoint now (second stages call this to make their progress resumable)."""
-        self.checkpointer.save(self)
+        """Write a checkpoint now (refinement stages call this to make their progress resumable)."""
+        self._engine.save_checkpoint()
 
-    # -- whole-dataset operations ---------------------------------------------------------------
-    def extract(self, head: str | None = None, *, momentum: bool = False,
-                indices: Any = None, source: BatchSource | None = None) -> torch.Tensor:
+    # -- the engine's services ----------------------------------------------------------------
+    def make_views(self, images: torch.Tensor, train: bool = True) -> dict[str, torch.Tensor]:
+        """The recipe's ``[views]`` of a float batch in [0, 1] on the run device: the training views
+        by name, or with ``train=False`` ``{"eval": view}``."""
+        views = self._engine.components.views
+        made = views.call(images=images, train=train, ctx=self)
+        if not isinstance(made, Mapping) or (not train and "eval" not in made) or (train and not made):
+            want = "{'eval': tensor}" if not train else "{view name: tensor}"
+            raise PluginError(f"{views.describe()} returned {type(made).__name__} from make_views(train={train}); "
+                              f"it must return {want}.")
+        return dict(made)
+
+    def extract(self, head: str | None = None, *, momentum: bool = False, indices: Any = None,
+                source: BatchSource | None = None) -> torch.Tensor:
         """Features (backbone, or head ``head``) of every item (or of ``indices``, in that order)
-        of ``[data]`` (or of ``source``) on the evaluation view, on the CPU, on every rank. Used by
-        evaluators, per-epoch clustering, second stages, the report and ``clustkit predict``.
-        In a multi-process run each rank computes its shard (:meth:`extract_shard`) and the
-        shards are all-gathered: the work is split, the result the same."""
+        of ``[data]`` (or of ``source``) on the evaluation view, on the CPU, on every rank (in a
+        multi-process run each rank computes its shard, then the shards are all-gathered)."""
         space = "backbone" if head is None else head
-        return self.extract_spaces([space], momentum=momentum, indices=indices, source=source)[space]
+        return features.extract_spaces(self._engine, [space], momentum=momentum, indices=indices, source=source)[space]
 
     def extract_shard(self, head: str | None = None, *, momentum: bool = False, indices: Any = None,
                       source: BatchSource | None = None) -> tuple[torch.Tensor, range]:
         """:meth:`extract` for this rank's contiguous slice of the items only: ``(features, rows)``,
-        ``rows`` the slice's positions in the item order (every item, or ``indices``). Every rank
-        must call it. On one process the slice is everything. Pass both to :meth:`group` (or
-        to ``clustkit.cluster.sharded``) so no rank holds the whole feature matrix."""
+        ``rows`` the slice's positions in the item order. Every rank must call it; on one process
+        the slice is everything. Pass both to :meth:`group` so no rank holds the whole matrix."""
         space = "backbone" if head is None else head
-        feats, rows = self.extract_spaces_shard([space], momentum=momentum, indices=indices, source=source)
+        feats, rows = features.extract_spaces_shard(self._engine, [space], momentum=momentum, indices=indices,
+                                                    source=source)
         return feats[space], rows
 
     def extract_spaces(self, spaces: list[str], *, momentum: bool = False, indices: Any = None,
                        source: BatchSource | None = None) -> dict[str, torch.Tensor]:
-        """:meth:`extract` for several spaces ("backbone" or a head's name) in one pass over the
-        data: what the run's candidate clusterings and ``clustkit evaluate`` read."""
-        feats, _ = self.extract_spaces_shard(spaces, momentum=momentum, indices=indices, source=source)
-        if self.world_size == 1:
-            return feats
-        src = source or self.source
-        sizes = [len(r) for r in _item_shards(_n_items(src, indices), src.eval_batch_size, self.world_size)]
-        return {s: dist.all_gather_rows(t, sizes) for s, t in feats.items()}
+        """:meth:`extract` for several spaces ("backbone" or head names) in one pass over the data."""
+        return features.extract_spaces(self._engine, spaces, momentum=momentum, indices=indices, source=source)
 
-    def extract_spaces_shard(self, spaces: list[str], *, momentum: bool = False, indices: Any = None,
-                             source: BatchSource | None = None) -> tuple[dict[str, torch.Tensor], range]:
-        """:meth:`extract_shard` for several spaces in one pass: ``({space: features}, rows)``.
-
-        A rank's slice is made of whole evaluation batches (single items when there are fewer
-        batches than ranks), so each rank runs exactly the batches one process would. Unreadable
-        items keep their blank rows; afterwards every rank knows every rank's unreadable items
-        (``source.unreadable``), as when each rank read them all."""
-        src = source or self.source
-        world = self.world_size
-        if world == 1:
-            return self._forward(spaces, momentum, indices, src), range(_n_items(src, indices))
-        order = np.arange(src.n) if indices is None else np.asarray(indices)
-        rows = _item_shards(len(order), src.eval_batch_size, world)[self.rank]
-        # fewer items than ranks: every rank runs them all (a handful) and keeps its slice
-        local = order if len(order) < world else order[rows.start:rows.stop]
-        failure: BaseException | None = None
-        feats: dict[str, torch.Tensor] = {}
-        try:
-            feats = self._forward(spaces, momentum, local, src)
-        except Exception as err:  # the other ranks must hear of it, not wait for this one
-            failure = err
-        self._share_unreadable(src, failure)
-        if len(order) < world:
-            feats = {s: t[rows.start:rows.stop] for s, t in feats.items()}
-        return feats, rows
-
-    @torch.no_grad()
-    def _forward(self, spaces: list[str], momentum: bool, indices: Any, source: BatchSource) -> dict[str, torch.Tensor]:
-        """The network on the evaluation view of ``indices`` (None: every item), in order, on the CPU."""
-        net = self.momentum_model if momentum else self.model
-        was_training = net.training
-        net.eval()
-        parts: dict[str, list[torch.Tensor]] = {s: [] for s in spaces}
-        try:
-            for x, _, _ in source.eval_batches(indices):
-                view = self.hook.make_views(images=x, train=False, ctx=self)["eval"]
-                with self.autocast():
-                    f = net.features(view)
-                    for s in spaces:
-                        parts[s].append((f if s == "backbone" else net.head(f, s)).float().cpu())
-        finally:
-            net.train(was_training)
-        return {s: torch.cat(p) for s, p in parts.items()}
-
-    @staticmethod
-    def _share_unreadable(source: BatchSource, failure: BaseException | None) -> None:
-        """After a sharded pass: every rank's unreadable items are noted on every rank (reported,
-        and the run stopped past ``run.max_unreadable``), then a rank's failure stops every rank."""
-        seen = dist.all_gather_object((sorted(source.unreadable), failure is not None))
-        others = sorted({i for part, _ in seen for i in part} - set(source.unreadable))
-        if others:
-            source.note_unreadable(others)
-        if failure is not None:
-            raise failure
-        failed = [r for r, (_, f) in enumerate(seen) if f]
-        if failed:
-            raise RuntimeError(f"rank(s) {failed} failed while extracting features (their error is above)")
-
-    def recipe_evaluation(self) -> Prediction:
-        """The recipe's own ``[evaluation]`` on the network as it is now, whatever a later stage
-        answers to the ``evaluate`` hook: how a stage re-clusters the network it has changed."""
-        from clustkit.engine.build import component_callers
-
-        pred = component_callers(self.pm, self.components, "evaluate", ["evaluation"])["evaluation"](ctx=self)
-        if pred is None:
-            raise RuntimeError("the recipe's [evaluation] gave no clustering")
-        return pred
+    def group(self, features: Any, n_groups: int | None = None, *, spherical: bool = False, seed: int | None = None,
+              n_init: int | None = None, rows: range | None = None) -> KMeansResult:
+        """Cluster features with the recipe's ``[grouping]`` (default: k-means) into ``n_groups``
+        (default ``n_clusters``); every rank gets the result with the labels of all N rows.
+        ``features``: the whole N x D matrix (tensor or array), or with ``rows`` this rank's rows
+        of it (:meth:`extract_shard`). ``n_init``: restarts (None: the grouper's own setting)."""
+        return grouping.group(self._engine, features, n_groups or self.n_clusters, spherical=spherical,
+                              seed=self.seed if seed is None else seed, n_init=n_init, rows=rows)
 
     def vote(self, pred: Prediction, cfg: Any, *, at_hand: dict[str, Any] | None = None,
              metric: str = "cosine") -> Prediction:
-        """``pred`` after the neighbour vote its evaluator's config asks for (``cfg``: an
-        ``EvaluatorConfig``; ``pred`` itself when ``cfg.vote_k`` is 0): every item takes the
-        majority cluster of its ``vote_k`` nearest items in ``cfg.vote_features`` (default: the
-        space ``pred`` read), ``vote_rounds`` times. The space is the momentum network's when
-        ``pred`` read that network and it has the space, else the online network's. The result
-        is named ``<source>+vote`` and places new images by the nearest mean of its clusters in
-        that space. ``at_hand``: whole feature matrices the caller has already, by space, of the
-        network ``pred`` read (the voting space is extracted when it is not among them)."""
-        from clustkit.cluster.rows import cluster_means, unit_rows
-        from clustkit.cluster.votes import neighbor_vote
+        """``pred`` after the neighbour vote its evaluator's config asks for (an ``EvaluatorConfig``;
+        ``pred`` itself when ``cfg.vote_k`` is 0). ``at_hand``: whole feature matrices by space that
+        the caller has already (the voting space is extracted when it is not among them)."""
+        return evaluation.vote(self._engine, pred, cfg, at_hand, metric)
 
-        if not getattr(cfg, "vote_k", 0):
-            return pred
-        space = cfg.vote_features or pred.space
-        momentum = pred.momentum and (space == "backbone" or space in self.momentum_model.heads)
-        features = (at_hand or {}).get(space) if momentum == pred.momentum else None
-        if features is None:
-            features = self.extract(None if space == "backbone" else space, momentum=momentum)
-        x = np.asarray(features, dtype=np.float32)
-        before = np.asarray(pred.labels, dtype=np.int64)
-        labels, share = neighbor_vote(x, before, cfg.vote_k, cfg.vote_rounds, self.n_clusters, metric)
-        rows = unit_rows(x) if metric == "cosine" else x
-        extra = {**pred.extra, "vote_k": cfg.vote_k, "vote_space": space, "vote_changed": int((labels != before).sum())}
-        kind, _, read = pred.source.partition(":")
-        if pred.momentum and not momentum and not read.startswith("momentum/"):  # named for the network it read
-            read = f"momentum/{read}"
-        return Prediction(labels, source=f"{kind}:{read}+vote", scores=share, space=space,
-                          rule="cosine_centroid" if metric == "cosine" else "centroid", momentum=momentum,
-                          centroids=cluster_means(rows, labels, self.n_clusters), extra=extra)
+    def evaluate(self) -> Prediction:
+        """The recipe's ``[evaluation]`` on the network as it is now (a refinement stage re-clusters
+        the network it has changed this way)."""
+        return evaluation.evaluation(self._engine)
 
-    def clustering(self, *, select: bool = False, exclude: tuple[str, ...] = ()) -> tuple[Prediction, str]:
-        """The run's current clustering and its name: the evaluation (the recipe's evaluator, or
-        the labels of a finished ``[refine.*]`` stage), or with ``select`` the label-free choice
-        among every candidate clustering (``run.select``; ``exclude`` leaves out heads a later
-        stage has not trained yet). What a refinement stage starts from."""
-        from clustkit.engine.candidates import candidate_name, choose
-        from clustkit.engine.reporting import sample_features
-        from clustkit.engine.run import evaluate
-
-        pred, _ = evaluate(self)
-        if not select:
-            return pred, candidate_name(pred)
-        chosen, record = choose(self, pred, sample_features(self), exclude=exclude)
-        return chosen, record["selection"]["chosen"]
-
-    @property
-    def grouping_shards(self) -> bool:
-        """True while :meth:`group` hands each rank only its shard of the rows: a grouper that
-        ``accepts_shards`` must then cluster them together with the other ranks."""
-        return self._grouping_shards
-
-    def group(self, features: Any, n_groups: int | None = None, *, spherical: bool = False,
-              seed: int | None = None, n_init: int | None = None, rows: range | None = None) -> Any:
-        """Cluster features through the ``assign_groups`` hook (the recipe's ``[grouping]``); every
-        rank gets the result, with the labels of all N rows.
-
-        ``features`` is the whole N x D matrix, the same on every rank, or with ``rows`` this
-        rank's rows of it (:meth:`extract_shard`). In a multi-process run whose groupers all
-        ``accepts_shards`` (the built-in k-means does), every rank passes its shard (sliced here
-        from a whole matrix) and the ranks cluster together (``sharded_kmeans``), then the labels
-        are all-gathered; otherwise the shards are all-gathered, rank 0 clusters and broadcasts."""
-        n_groups = n_groups or self.n_clusters
-        seed = self.seed if seed is None else seed
-        if self.world_size > 1 and self._groupers_accept_shards():
-            if rows is None:
-                mine = dist.shard_range(len(features))
-                features = features[mine.start:mine.stop]
-            self._check_finite(features, collective=True)
-            self._grouping_shards = True
-            try:
-                result = self._assign_groups(features, n_groups, spherical, seed, n_init)
-            finally:
-                self._grouping_shards = False
-            if not hasattr(result, "gathered"):
-                raise TypeError(f"a grouper that accepts_shards returned {type(result).__name__}; it must return "
-                                "a result whose gathered() all-gathers the labels (clustkit.cluster.sharded)")
-            return result.gathered()
-        if rows is not None and self.world_size > 1:
-            local = torch.as_tensor(features)
-            features = dist.all_gather_rows(local, dist.all_gather_sizes(len(local)))
-        self._check_finite(features)
-        result = None
-        if self.is_main:
-            result = self._assign_groups(features, n_groups, spherical, seed, n_init)
-        return dist.broadcast_object(result)
-
-    def _groupers_accept_shards(self) -> bool:
-        impls = self.pm.hook.assign_groups.get_hookimpls()
-        return bool(impls) and all(getattr(impl.plugin, "accepts_shards", False) for impl in impls)
-
-    def _assign_groups(self, features: Any, n_groups: int, spherical: bool, seed: int, n_init: int | None) -> Any:
-        result = self.hook.assign_groups(features=features, n_groups=n_groups, spherical=spherical, seed=seed,
-                                         n_init=n_init, ctx=self)
-        if result is None:
-            raise RuntimeError("no grouping component answered assign_groups; add a [grouping] section")
-        return result
-
-    def _check_finite(self, features: Any, collective: bool = False) -> None:
-        """Stop a diverged run (non-finite features) on every rank at once."""
-        bad = isinstance(features, torch.Tensor) and not bool(torch.isfinite(features).all())
-        if collective:
-            bad = bool(dist.all_reduce_sum(torch.tensor([float(bad)])).item())
-        if bad:
-            raise RunDiverged(f"the features to cluster became non-finite at epoch {self.epoch} (step {self.step}): the "
-                              "network has diverged. Lower optimizer.lr and resume from the last good checkpoint.")
-
-
-def _n_items(source: BatchSource, indices: Any) -> int:
-    return source.n if indices is None else len(np.asarray(indices))
-
-
-def _item_shards(n: int, batch: int, world: int) -> list[range]:
-    """The contiguous items each rank extracts: whole evaluation batches of ``batch`` items, so
-    each rank's batches are those of one process, or single items with fewer batches than ranks."""
-    align = batch if -(-n // batch) >= world else 1
-    return [dist.shard_range(n, align=align, world=world, of_rank=r) for r in range(world)]
+    def select(self, pred: Prediction, *, exclude: tuple[str, ...] = ()) -> Prediction:
+        """The label-free choice (``run.select``) among the run's candidate clusterings now, with
+        ``pred`` as the recipe's own; ``exclude`` leaves out heads not trained yet."""
+        return evaluation.chosen(self._engine, pred, exclude=exclude)[0]

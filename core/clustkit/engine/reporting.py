@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clustkit.cluster.diagnostics import subsample
-
 if TYPE_CHECKING:
-    from clustkit.engine.context import Prediction, RunContext
+    from clustkit.cluster.prediction import Prediction
+    from clustkit.engine.state import RunState
     from clustkit.recipe.schema import Recipe
+
 
 def env_switch(name: str, default: bool) -> bool:
     """An on/off environment variable (1/0, true/false, yes/no, on/off) that, when set, overrides
@@ -28,13 +28,6 @@ def report_enabled(recipe: Recipe) -> bool:
     return env_switch("CLUSTKIT_REPORT", recipe.run.report)
 
 
-def sample_features(ctx: RunContext, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(indices of a seeded sample of the items, their backbone features on the evaluation view):
-    what the silhouette and the report's embedding read."""
-    idx = subsample(len(ctx.dataset), seed=ctx.seed if seed is None else seed)
-    return idx, ctx.extract(indices=idx).numpy()
-
-
 def dataset_images(dataset: Any):
     """``images(indices) -> uint8 N×C×H×W``, as the report draws them."""
 
@@ -44,24 +37,23 @@ def dataset_images(dataset: Any):
     return images
 
 
-def write_curves(ctx: RunContext, folder: Path) -> None:
+def write_curves(run: RunState, folder: Path) -> None:
     """Refresh the loss and metric curves (each evaluation epoch; cheap)."""
     from clustkit.report import write_report
 
-    write_report(folder, history=ctx.history, title=ctx.recipe.run_name,
-                 curves_only=True, seed=ctx.seed)
+    write_report(folder, history=run.history, title=run.recipe.run_name, curves_only=True, seed=run.ctx.seed)
 
 
-def write_run_report(ctx: RunContext, folder: Path, pred: Prediction, summary: dict[str, Any],
-                     features: tuple[np.ndarray, np.ndarray] | None = None,
-                     diagnostics: dict[str, Any] | None = None) -> Path:
+def write_run_report(run: RunState, folder: Path, pred: Prediction, summary: dict[str, Any],
+                     features: tuple[np.ndarray, np.ndarray], diagnostics: dict[str, Any] | None = None) -> Path:
     """The full report at the end of a run: curves, cluster sizes, confusion matrix, per-cluster
-    image grids and the embedding of a sample of backbone features."""
+    image grids and the embedding of ``features``, a sample of backbone features (indices, rows)."""
     from clustkit.report import write_report
 
-    idx, feats = features if features is not None else sample_features(ctx)
+    ctx = run.ctx
+    idx, feats = features
     return write_report(
-        folder, history=ctx.history, clusters=pred.labels, scores=pred.scores, labels=np.asarray(ctx.dataset.labels),
+        folder, history=run.history, clusters=pred.labels, scores=pred.scores, labels=np.asarray(ctx.dataset.labels),
         images=dataset_images(ctx.dataset), features=feats, feature_index=idx, n_clusters=ctx.n_clusters,
         title=summary.get("method", ""), summary=summary, diagnostics=diagnostics, seed=ctx.seed,
         embedding=ctx.recipe.run.report_embedding)

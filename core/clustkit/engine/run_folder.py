@@ -23,6 +23,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 ASSIGNMENTS = "assignments.csv"
 CHECKPOINT = Path("checkpoints") / "last.pt"
+ERROR_LOG = "error.log"
 
 
 class RunFolder:
@@ -43,6 +44,13 @@ class RunFolder:
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.path is not None:
             atomic_write(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+    def write_error(self, text: str) -> Path | None:
+        """The traceback of a run that failed (the one-paragraph error points here)."""
+        if self.path is None:
+            return None
+        atomic_write(self.path / ERROR_LOG, text)
+        return self.path / ERROR_LOG
 
     def write_assignments(self, clusters: np.ndarray, labels: np.ndarray) -> None:
         """One row per item: index, cluster and (when the dataset has them) the true label."""

@@ -1,5 +1,8 @@
 """One training step, top to bottom (:func:`train_step`), and what its losses read (:class:`StepOutputs`).
 
+The losses are called directly, by recipe key, in recipe order; each returns its unweighted
+terms, which the engine names after the key, weights and sums.
+
 Heads are evaluated lazily and cached, so a head that no active loss asks for is never run.
 When several processes train together, ``head()``/``target()``/``index``/``labels`` return the
 *global* batch (gathered with gradients), so every loss sees the same batch on every rank and
@@ -14,10 +17,13 @@ import torch
 
 from clustkit import dist
 from clustkit.engine.network import ema_update
+from clustkit.errors import PluginError
 
 if TYPE_CHECKING:
     from clustkit.engine.batches import Batch
+    from clustkit.engine.components import Bound
     from clustkit.engine.context import RunContext
+    from clustkit.engine.state import RunState
 
 
 class StepOutputs:
@@ -30,7 +36,7 @@ class StepOutputs:
 
     def __init__(self, ctx: RunContext, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor,
                  views: dict[str, torch.Tensor]):
-        self.ctx = ctx
+        self._ctx = ctx
         self.images = images
         self.views = views
         self._labels = labels
@@ -58,7 +64,7 @@ class StepOutputs:
             return self._cache[key]
         if view not in self.views:
             raise KeyError(f"view {view!r} not produced by the view generator; views are {self.view_names}")
-        net = self.ctx.momentum_model if momentum else self.ctx.model
+        net = self._ctx.momentum_model if momentum else self._ctx.model
         if gather:
             value = dist.gather_with_grad(self._get(view, head, momentum, False))
         elif head is None:
@@ -87,46 +93,60 @@ class StepOutputs:
         return self._get(view, name, True, not local)
 
 
-def loss_terms(ctx: RunContext, out: StepOutputs, losses: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Call every loss component's ``compute_loss`` and name and weight its terms after its recipe
-    key: ``[losses.cluster]`` returning a tensor gives ``cluster``; returning ``{"self": t}`` gives
-    ``cluster_self``. ``losses`` maps each ``<id>`` of ``[losses.<id>]`` to its hook caller, in recipe
-    order; they are called last first, as pluggy calls hook implementations, which keeps every run
-    bit-identical to the versions that called ``compute_loss`` as one hook."""
+def loss_terms(run: RunState, out: StepOutputs, losses: Mapping[str, Bound]) -> dict[str, torch.Tensor]:
+    """Each loss's terms, named and weighted after its recipe key, in recipe order: ``[losses.cluster]``
+    returning a tensor gives ``cluster``; returning ``{"self": t}`` gives ``cluster_self``."""
     terms: dict[str, torch.Tensor] = {}
-    for term, call in reversed(losses.items()):
-        weight = ctx.recipe.losses[term].weight
-        for result in call(out=out, ctx=ctx):
-            parts = {term: result} if isinstance(result, torch.Tensor) else {f"{term}_{k}": v for k, v in result.items()}
-            for name, value in parts.items():
-                if name in terms:
-                    raise RuntimeError(f"two losses returned a term named {name!r}")
-                terms[name] = weight * value.float()
+    for term, loss in losses.items():
+        result = loss.call(out=out, ctx=run.ctx)
+        if result is None:
+            continue
+        if isinstance(result, torch.Tensor):
+            parts = {term: result}
+        elif isinstance(result, Mapping):
+            parts = {f"{term}_{k}": v for k, v in result.items()}
+        else:
+            raise PluginError(f"{loss.describe()} returned {type(result).__name__} from compute_loss; it must return a "
+                              "scalar tensor, {part: tensor} or None.")
+        weight = run.recipe.losses[term].weight
+        for name, value in parts.items():
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise PluginError(f"{loss.describe()} returned {_shape(value)} for the term {name!r}; each term must "
+                                  "be a scalar tensor.")
+            if name in terms:
+                raise PluginError(f"{loss.describe()} returned the term {name!r}, which another loss of the recipe "
+                                  "returned too; rename a part or a [losses.<id>] key.")
+            terms[name] = weight * value.float().reshape(())
     if not terms:
         raise RuntimeError("no loss term was computed: every loss has weight 0 or the recipe has no [losses]")
     return terms
 
 
-def train_step(ctx: RunContext, batch: Batch, losses: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """One optimizer step on ``batch``; returns the detached loss terms (still on the device)."""
+def _shape(value: object) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def train_step(run: RunState, batch: Batch, losses: Mapping[str, Bound]) -> dict[str, torch.Tensor]:
+    """One optimizer step on ``batch`` with ``losses`` (this pass's); returns the detached loss terms
+    (still on the device)."""
+    ctx = run.ctx
     images, labels, index = batch
-    views = ctx.hook.make_views(images=images, train=True, ctx=ctx)           # the recipe's [views]
-    if views is None:
-        raise RuntimeError("no view generator answered make_views; add a [views] section")
-    if ctx.recipe.run.channels_last:              # NHWC kernels (GPU tensor cores, CPU oneDNN/AMX)
+    views = ctx.make_views(images, train=True)                                # the recipe's [views]
+    if run.recipe.run.channels_last:              # NHWC kernels (GPU tensor cores, CPU oneDNN/AMX)
         views = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in views.items()}
     out = StepOutputs(ctx, images, labels, index, views)                      # heads run when a loss asks
     with ctx.autocast():                                                      # bf16 when run.precision asks
-        terms = loss_terms(ctx, out, losses)                                  # weighted, named after recipe keys
+        terms = loss_terms(run, out, losses)                                  # weighted, named after recipe keys
     loss = torch.stack(list(terms.values())).sum()
-    ctx.optimizer.zero_grad(set_to_none=True)
+    run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     dist.average_gradients(ctx.model.parameters())                            # no-op on one process
-    ctx.optimizer.step()
-    ctx.scheduler.step()                                                      # the lr schedule is per step
+    run.optimizer.step()
+    run.scheduler.step()                                                      # the lr schedule is per step
     ctx.step += 1
     if ctx.has_momentum:                                                      # BYOL/MoCo-style target network
-        ema_update(ctx.momentum_model, ctx.model, ctx.momentum_value(), ctx.recipe.momentum.buffers == "copy")
+        ema_update(ctx.momentum_model, ctx.model, run.momentum_value(), run.recipe.momentum.buffers == "copy")
     with torch.no_grad():                                                     # EMA groups, banks, prototypes
-        ctx.hook.update_prototypes(out=out, ctx=ctx)
+        for updater in run.components.updaters:                               # in recipe order
+            updater.call(out=out, ctx=ctx)
     return {**{k: v.detach() for k, v in terms.items()}, "loss": loss.detach()}

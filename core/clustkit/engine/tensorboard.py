@@ -31,6 +31,8 @@ class TensorBoardLog:
         epoch = int(entry["epoch"])
         for name, value in entry.get("losses", {}).items():
             self.writer.add_scalar(f"loss/{name}", value, epoch)
+        for name, value in entry.get("values", {}).items():  # what components logged besides their losses
+            self.writer.add_scalar(f"values/{name}", value, epoch)
         for key in ("lr", "images_per_s"):
             if key in entry:
                 self.writer.add_scalar(f"train/{key}", entry[key], epoch)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from clustkit.losses.contrast import cluster_contrast, nt_xent
-from clustkit.plugin_system.hookspecs import hookimpl
 from clustkit.plugin_system.registry import Pair, unknown_view
 
 if TYPE_CHECKING:
@@ -42,7 +41,6 @@ class PairLoss:
     def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @hookimpl
     def compute_loss(self, out: StepOutputs, ctx: RunContext) -> torch.Tensor:
         h = self.cfg.head
         return sum(self.pair_loss(out.head(u, h), out.head(v, h)) for u, v in self.pairs)

@@ -1,6 +1,6 @@
 """View generators that plugins configure rather than rewrite.
 
-A view generator answers ``make_views``: named training views of a batch, or the evaluation view
+A view generator's ``make_views`` gives named training views of a batch, or the evaluation view
 ``"eval"``. It declares the names of its training views in ``view_names``, which losses check their
 view pairs against when the run is built (docs/api.md).
 
@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from clustkit.nn.augment import TensorAffine, normalize_batch, weak_pipeline
-from clustkit.plugin_system.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from clustkit.engine.context import BuildContext, RunContext
@@ -39,7 +38,6 @@ class TensorAffineViews:
         self.view_names = list(cfg.names)
         self.aug = TensorAffine(**cfg.model_dump(exclude={"name", "names"}))
 
-    @hookimpl
     def make_views(self, images: torch.Tensor, train: bool, ctx: RunContext) -> dict[str, torch.Tensor]:
         if not train:
             return {"eval": images}
@@ -56,7 +54,6 @@ class PipelineViews:
         self.transform = weak_pipeline(self.size, ctx.in_channels, cfg.strength, cfg.blur, tuple(cfg.crop_scale),
                                        cfg.normalize)
 
-    @hookimpl
     def make_views(self, images: torch.Tensor, train: bool, ctx: RunContext) -> dict[str, torch.Tensor]:
         if train:
             return {name: self.transform(images) for name in self.view_names}

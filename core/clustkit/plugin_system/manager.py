@@ -2,7 +2,8 @@
 
 Built-in plugins (``clustkit.builtin`` and the method plugins shipped in this repository)
 are registered through the very same entry points a third-party package uses. A run builds its
-own manager (``run_manager``) holding only the components its recipe selected.
+own manager (:func:`run_hooks`) for the lifecycle notifications: the loaded plugins and the
+components its recipe selected.
 
 Environment variables (datasette/llm/tox conventions):
 
@@ -17,6 +18,7 @@ Environment variables (datasette/llm/tox conventions):
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import warnings
@@ -26,6 +28,7 @@ from typing import Any
 
 import pluggy
 
+from clustkit.errors import PluginError
 from clustkit.plugin_system import hookspecs
 from clustkit.plugin_system.registry import Registry
 
@@ -76,6 +79,11 @@ class PluginSet:
     def register(self, plugin: Any, name: str, version: str | None = None, distribution: str | None = None) -> None:
         """Register a plugin object (module or instance) and collect its components."""
         self.pm.register(plugin, name=name)
+        try:
+            _check_hooks(self.pm, plugin, name)
+        except PluginError:
+            self.pm.unregister(plugin)
+            raise
         module = getattr(plugin, "__name__", type(plugin).__module__)
         self.info[name] = PluginInfo(name, module, version, distribution)
         self.registry.current_plugin = name
@@ -118,7 +126,6 @@ class PluginSet:
         plugin_dir = os.environ.get("CLUSTKIT_PLUGINS_DIR")
         if plugin_dir:
             self.load_directory(plugin_dir, strict)
-        self.pm.check_pending()
 
     def load_directory(self, directory: str, strict: bool = False) -> None:
         """Load every ``*.py`` file of ``directory`` as a plugin named after the file."""
@@ -189,11 +196,60 @@ def get_plugins(reload: bool = False) -> PluginSet:
     return _DEFAULT
 
 
-def run_manager(plugins: PluginSet) -> pluggy.PluginManager:
-    """A plugin manager for one run: every loaded plugin (so plugin-level hooks observe the run);
-    the engine registers the run's components on it as it builds them."""
-    pm = new_manager()
+def _check_hooks(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    """A plugin implementing a hook clustkit does not have fails to load, with what to write instead
+    when the hook is one of 0.1's step hooks (now component methods)."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.has_spec():
+            continue
+        instead = hookspecs.REMOVED.get(caller.name)
+        if instead is not None:
+            raise PluginError(f"plugin {name!r} implements the hook {caller.name!r}, which clustkit 0.2 no longer has: "
+                              f"the engine now calls {instead} directly, by recipe key. Move the function into the "
+                              "component class its factory builds (docs/api.md, 'Components').")
+        raise PluginError(f"plugin {name!r} implements {caller.name!r}, which is not a clustkit hook; the hooks are "
+                          f"{', '.join(['register_components', *hookspecs.LIFECYCLE])} (docs/hooks.md).")
+
+
+def _noop() -> None:
+    """The target of :data:`_DEFAULT_OPTS`."""
+
+
+#: pluggy's options of an ``@hookimpl`` without arguments, for component methods written without it.
+_DEFAULT_OPTS = getattr(hookspecs.hookimpl(_noop), f"{hookspecs.PROJECT}_impl")
+
+
+class RunHooks(pluggy.PluginManager):
+    """A run's plugin manager: the lifecycle notifications only.
+
+    Every other method of a component (``compute_loss``, ``evaluate``, ...) is called by the engine
+    directly, so it is never a hook here, even when clustkit 0.1 code marked it ``@hookimpl``. A
+    component's lifecycle method counts with or without the marker: a component is a plain object.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        if os.environ.get("CLUSTKIT_TRACE_PLUGINS"):
+            self.add_hookcall_monitoring(_trace_call, lambda *after: None)
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        if name not in hookspecs.LIFECYCLE:
+            return None
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and not inspect.ismodule(plugin) and inspect.isroutine(getattr(type(plugin), name, None)):
+            return dict(_DEFAULT_OPTS)
+        return opts
+
+
+def run_hooks(plugins: PluginSet, components: dict[str, Any]) -> RunHooks:
+    """The run's plugin manager: every loaded plugin (so plugins observe runs) and the run's
+    components. pluggy calls the last registered first, so the components go in last, in reverse
+    recipe order: each notification reaches the components in recipe order, then the plugins."""
+    pm = RunHooks()
     for name, plugin in plugins.pm.list_name_plugin():
         if plugin is not None:
             pm.register(plugin, name=f"plugin:{name}")
+    for key in reversed(list(components)):
+        pm.register(components[key], name=key)
     return pm

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
+import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +20,8 @@ from typing import Annotated, Any, Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import PydanticUndefined
+
+from clustkit.errors import PluginError
 
 KINDS: tuple[str, ...] = (
     "dataset",
@@ -52,6 +57,15 @@ class _ViewPair:
 Pair = Annotated[tuple[str, str], _ViewPair()]
 
 
+@dataclass(frozen=True)
+class _ViewName:
+    """Metadata marking a config field whose value names one training view of the recipe."""
+
+
+#: One view name, e.g. ``"weak1"``; checked like :data:`Pair` (also ``list[View]``, ``View | None``).
+View = Annotated[str, _ViewName()]
+
+
 class ComponentConfig(BaseModel):
     """Base of every component's config: unknown keys are errors (typos never pass silently)."""
 
@@ -82,7 +96,7 @@ class EvaluatorConfig(ComponentConfig):
         None, description="the space whose neighbours vote: 'backbone' or a head (default: the evaluation's own)")
 
 
-def _marker(annotation: Any, metadata: list[Any], kind: type[Any]) -> Any:
+def _marker(annotation: Any, metadata: list[Any], kind: type[Any] | tuple[type[Any], ...]) -> Any:
     """The first ``kind`` metadata of a field, looking inside ``Annotated``, unions and containers."""
     for m in metadata:
         if isinstance(m, kind):
@@ -107,10 +121,11 @@ def head_references(model: type[BaseModel]) -> list[tuple[str, bool]]:
     return refs
 
 
-def view_pair_fields(model: type[BaseModel]) -> list[str]:
-    """Names of the fields of ``model`` holding :data:`Pair` values (also ``list[Pair]``, ``Pair | None``)."""
+def view_fields(model: type[BaseModel]) -> list[str]:
+    """Names of the fields of ``model`` holding view names: :data:`Pair` or :data:`View` values (also
+    inside ``list[...]`` and ``X | None``)."""
     return [name for name, info in model.model_fields.items()
-            if _marker(info.annotation, list(info.metadata), _ViewPair) is not None]
+            if _marker(info.annotation, list(info.metadata), (_ViewPair, _ViewName)) is not None]
 
 
 def declared_view_names(config: BaseModel) -> tuple[str, ...] | None:
@@ -154,6 +169,8 @@ def _type_text(annotation: Any) -> str:
                 return "head name | 'backbone'" if m.allow_backbone else "head name"
             if isinstance(m, _ViewPair):
                 return "[view, view]"
+            if isinstance(m, _ViewName):
+                return "view name"
         return _type_text(args[0])
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in args)
@@ -180,7 +197,7 @@ def config_fields(model: type[BaseModel], prefix: str = "") -> list[ConfigField]
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out.extend(config_fields(ann, f"{key}."))
             continue
-        markers = [m for m in info.metadata if isinstance(m, (_HeadReference, _ViewPair))]
+        markers = [m for m in info.metadata if isinstance(m, (_HeadReference, _ViewPair, _ViewName))]
         text = _type_text(Annotated[ann, markers[0]] if markers else ann)
         bounds = [f"{sign} {getattr(m, attr)}" for m in info.metadata for attr, sign in _BOUNDS
                   if getattr(m, attr, None) is not None]
@@ -244,6 +261,7 @@ class ComponentSpec:
     config: Any = ComponentConfig  # pydantic model class or "module:attr"
     plugin: str = "?"
     doc: str = ""
+    where: str = "?"  # file:line of the registry.add call that registered it
     _config_cls: type[BaseModel] | None = field(default=None, repr=False)
 
     def config_model(self) -> type[BaseModel]:
@@ -255,9 +273,46 @@ class ComponentSpec:
             self._config_cls = cls
         return self._config_cls
 
+    def describe(self) -> str:
+        """``loss 'x' (plugin 'p', registered at file:line)``: how errors name the component."""
+        return f"{self.kind} {self.name!r} (plugin {self.plugin!r}, registered at {self.shown_where()})"
+
+    def shown_where(self) -> str:
+        """:attr:`where` relative to the working folder when it lies inside it."""
+        try:
+            relative = os.path.relpath(self.where)
+        except ValueError:  # another drive
+            return self.where
+        return self.where if relative.startswith("..") else relative
+
+    def factory_callable(self) -> Callable[..., Any]:
+        """The factory, imported when given as ``"module:attr"``; one that does not import is a
+        :class:`~clustkit.errors.PluginError` naming the component and where it was registered."""
+        try:
+            factory = resolve(self.factory)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"the factory {qualified_name(self.factory)!r} of {self.describe()} cannot be imported: "
+                              f"{type(exc).__name__}: {exc}. Fix the import string given to registry.add, or the "
+                              "module it names.") from None
+        if not callable(factory):
+            raise PluginError(f"the factory {qualified_name(self.factory)!r} of {self.describe()} is "
+                              f"{type(factory).__name__}, not a callable factory(config, ctx).")
+        return factory
+
+    def factory_problem(self) -> str | None:
+        """Why the factory's module cannot be found, without importing it (``clustkit plugins --show``
+        stays light; ``clustkit check`` imports the factory itself), or None."""
+        if not isinstance(self.factory, str):
+            return None
+        module = self.factory.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as exc:
+            return f"the factory {self.factory!r} cannot be found: {type(exc).__name__}: {exc}"
+        return None if found is not None else f"the factory {self.factory!r} names no module {module!r}"
+
     def build(self, config: BaseModel, ctx: Any) -> Any:
-        factory: Callable[..., Any] = resolve(self.factory)
-        return factory(config, ctx)
+        return self.factory_callable()(config, ctx)
 
 
 class Registry:
@@ -283,7 +338,9 @@ class Registry:
             raise ValueError(
                 f"{kind} {name!r} from plugin {self.current_plugin!r} collides with plugin {existing.plugin!r}"
             )
-        self._specs[kind][name] = ComponentSpec(kind, name, factory, config, self.current_plugin, doc)
+        caller = sys._getframe(1)
+        where = f"{caller.f_code.co_filename}:{caller.f_lineno}"
+        self._specs[kind][name] = ComponentSpec(kind, name, factory, config, self.current_plugin, doc, where)
 
     def get(self, kind: str, name: str) -> ComponentSpec | None:
         return self._specs[kind].get(name)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from clustkit.errors import RecipeError
 from clustkit.plugin_system.registry import (Registry, declared_view_names, head_references, unknown_view,
-                                              view_pair_fields)
+                                              view_fields)
 from clustkit.recipe.errors import validation_error
 from clustkit.recipe.schema import (COMPONENT_SECTIONS, CORE_SECTIONS, DEFAULT_GROUPING, TOP_LEVEL, MomentumSection,
                                     Recipe, RunSection)
@@ -171,7 +171,10 @@ def _check_references(recipe: Recipe, file: str) -> None:
 
 
 def _pairs(value: Any, key: str) -> list[tuple[str, Any]]:
-    """(key path, pair) of every view pair in a :data:`Pair` field's value (a pair, a list of them, None)."""
+    """(key path, views) of every view pair or view name in a :data:`Pair` or :data:`View` field's value
+    (a pair, a name, a list of them, None)."""
+    if isinstance(value, str):
+        return [(key, [value])]
     if isinstance(value, (tuple, list)) and value and all(isinstance(v, str) for v in value):
         return [(key, value)]
     if isinstance(value, (tuple, list)):
@@ -180,13 +183,13 @@ def _pairs(value: Any, key: str) -> list[tuple[str, Any]]:
 
 
 def _check_view_pairs(recipe: Recipe, file: str) -> None:
-    """Every :data:`Pair` field of every component names views the ``[views]`` config declares
+    """Every :data:`Pair` and :data:`View` field of every component names views the ``[views]`` config declares
     (``declared_view_names``); without a declaration only the build-time check applies."""
     names = declared_view_names(recipe.views)
     if names is None:
         return
     for key, _, cfg in recipe.components:
-        for attr in view_pair_fields(type(cfg)):
+        for attr in view_fields(type(cfg)):
             for where, pair in _pairs(getattr(cfg, attr), f"{key}.{attr}"):
                 for view in pair:
                     if view not in names:

@@ -23,8 +23,9 @@ class Assignment:
 
     clusters: np.ndarray                  # cluster id per image (-1: the file could not be read)
     confidence: np.ndarray                # in [0, 1]: the max probability of the cluster head, or of
-                                          # the Student-t soft assignment to the centroids (DEC's q)
-    distance: np.ndarray | None = None    # distance to the chosen centroid (centroid rules only)
+                                          # the Student-t soft assignment to the centroids (DEC's q);
+                                          # NaN for an unreadable file
+    distance: np.ndarray | None = None    # distance to the chosen centroid (centroid rules only; NaN: unreadable)
     paths: list[str] = field(default_factory=list)
     embedding: np.ndarray | None = None   # the features the rule read, when asked for
 
@@ -34,15 +35,17 @@ def _rows(x: np.ndarray, cosine: bool) -> np.ndarray:
 
 
 class TrainedRun:
-    """A run folder loaded for use; build one with :func:`load_run`."""
+    """A run folder loaded for use; build one with :func:`load_run`. ``ctx`` is the run's
+    ``RunContext`` (its network, dataset and services); ``state`` the engine's ``RunState``
+    behind it, for tools of this repository (not part of the stable API)."""
 
-    def __init__(self, folder: Path, ctx: Any, summary: dict[str, Any], same_data: bool,
-                 assignment: dict[str, Any] | None = None):
+    def __init__(self, folder: Path, run: Any, summary: dict[str, Any], same_data: bool):
         self.folder = folder
-        self.ctx = ctx
+        self.state = run
+        self.ctx = run.ctx
         self.summary = summary
         self.same_data = same_data
-        assign = assignment or summary.get("assign") or {}  # the final checkpoint's, else summary.json's
+        assign = run.assignment or summary.get("assign") or {}  # the final checkpoint's, else summary.json's
         self.rule: str = assign.get("rule", "centroid")
         self.space: str = assign.get("space", "backbone")
         self.momentum: bool = bool(assign.get("momentum", False))
@@ -118,7 +121,8 @@ class TrainedRun:
 
     def predict(self, images: Any, *, embedding: bool = False) -> Assignment:
         """Clusters of new images (files, folders, or a dataset) by the run's own rule: the
-        argmax of its cluster head, or the nearest of its clusters' mean features."""
+        argmax of its cluster head, or the nearest of its clusters' mean features. A file that
+        cannot be read gets cluster -1 and NaN for its confidence and distance."""
         source = self._source(images)
         head = None if self.space == "backbone" else self.space
         feats = self.ctx.extract(head, momentum=self.momentum, source=source).numpy()
@@ -126,6 +130,11 @@ class TrainedRun:
         bad = sorted(source.unreadable)
         if bad:
             clusters[bad] = -1
+            conf = conf.astype(np.float64)
+            conf[bad] = np.nan
+            if dist is not None:
+                dist = dist.astype(np.float64)
+                dist[bad] = np.nan
         paths = list(getattr(source.dataset, "paths", [str(i) for i in range(len(clusters))]))
         return Assignment(clusters, conf, dist, paths, feats if embedding else None)
 
@@ -143,12 +152,11 @@ class TrainedRun:
         return self._candidates()[1]
 
     def _candidates(self, features: dict[str, torch.Tensor] | None = None) -> tuple[Any, dict[str, Any]]:
-        from clustkit.engine.candidates import choose
-        from clustkit.engine.reporting import sample_features
-        from clustkit.engine.run import evaluate
+        from clustkit.engine.evaluation import chosen, evaluation, refined
 
-        recipe_pred, _ = evaluate(self.ctx)
-        return choose(self.ctx, recipe_pred, sample_features(self.ctx), features)
+        # a finished run's stages have their results; an unfinished one's would train: then only the evaluation
+        recipe_pred = refined(self.state) if self.state.phase == "done" else evaluation(self.state)
+        return chosen(self.state, recipe_pred, features)
 
     def evaluate(self, probes: bool = True) -> dict[str, Any]:
         """Metrics (where the dataset has labels), label-free diagnostics and selection score of
@@ -175,19 +183,24 @@ def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device
     ``overrides`` (``"data.split='test'"``, ``"evaluation.vote_k=10"``, ...) change the dataset it
     reads or how it is evaluated; the run's component state (a finished stage's result) is kept
     unless the data changes. ``device``: the device (default: the recipe's). The run folder is
-    only read, never written."""
+    only read, never written; a missing or damaged file is a ``UserError`` naming it."""
     from clustkit.engine.build import build_run
+    from clustkit.engine.checkpoint import read_checkpoint, restore_trained
     from clustkit.plugin_system.manager import get_plugins
-    from clustkit.recipe import load, parse_override
+    from clustkit.recipe import apply_overrides, parse_override, read_toml, validate
 
     path = Path(os.path.expanduser(str(folder)))
     for name in (RECIPE, CHECKPOINT):
         if not (path / name).exists():
             raise UserError(f"{path} is not a run folder: it has no {name}. Pass the folder a `clustkit run` wrote "
                             f"(it holds {RECIPE}, {SUMMARY} and {CHECKPOINT}).")
+    written_by = read_checkpoint(path / CHECKPOINT).get("clustkit")  # a damaged one is named before anything is built
     summary_file = path / SUMMARY
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    state = torch.load(path / CHECKPOINT, map_location="cpu", weights_only=False)
+    try:
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{summary_file} is damaged and cannot be read as JSON ({exc}); the run's checkpoint is "
+                        "intact: `clustkit run --resume` writes the summary again.") from None
     extra = list(overrides)
     # only an override of [data] or [unlabeled] changes what the run reads (evaluation.vote_k re-reads it)
     same_data = not any(parse_override(o, str(path / RECIPE))[0][0] in ("data", "unlabeled") for o in overrides)
@@ -196,23 +209,32 @@ def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device
     if device is not None:
         extra.append(f'run.device="{device}"')
     plugins = get_plugins()
-    recipe = load(path / RECIPE, plugins.registry, extra)
-    ctx = build_run(recipe, plugins, None)
-    try:
-        ctx.model.load_state_dict(state["model"])
-        if ctx.has_momentum and state.get("momentum_model") is not None:
-            ctx.momentum_model.load_state_dict(state["momentum_model"])
-    except RuntimeError as exc:  # an override that changed the network (a head, a stage, the backbone)
-        detail = " ".join(str(exc).split())
-        detail = detail if len(detail) <= 400 else detail[:400] + " …"
-        raise UserError(
-            f"{path / CHECKPOINT} does not fit the network that {path / RECIPE} builds"
-            f"{' with --set ' + ', '.join(overrides) if overrides else ''}: {detail} An override may change the "
-            "data or the evaluation ([data], [evaluation], run.select), not the network ([backbone], [heads.*], "
-            "[refine.*]).") from exc
-    ctx.epoch, ctx.step = int(state["epoch"]), int(state["step"])
-    if same_data:  # component state (a second stage's result) belongs to the run's own dataset
-        ctx.phase = state["phase"]
-        ctx.hook.load_checkpoint_state(state=state["components"], ctx=ctx)
-    ctx.model.eval()
-    return TrainedRun(path, ctx, summary, same_data, state.get("assignment"))
+    raw = read_toml(path / RECIPE)
+    if written_by is None:  # clustkit 0.1 wrote every dataset option into recipe.toml
+        raw = _without_unused_dataset_options(raw, plugins.registry)
+    recipe = validate(apply_overrides(raw, extra, str(path / RECIPE)), plugins.registry, str(path / RECIPE))
+    run = build_run(recipe, plugins, None)
+    restore_trained(path / CHECKPOINT, run, components=same_data, overrides=", ".join(overrides))
+    run.ctx.model.eval()
+    return TrainedRun(path, run, summary, same_data)
+
+
+#: What clustkit 0.1 wrote into every run's ``[data]``, although only some datasets read it: the
+#: options' shared defaults, which its dataset factory left out when it built the dataset.
+_V01_DATASET_DEFAULTS = {"superclasses": True, "unlabeled": False, "channels": 3, "in_memory": "auto"}
+
+
+def _without_unused_dataset_options(raw: dict[str, Any], registry: Any) -> dict[str, Any]:
+    """A 0.1 run folder's recipe as the run used it: each dataset section without the options its
+    dataset does not take, or takes with another default, that still hold 0.1's shared default."""
+    out = dict(raw)
+    for section in ("data", "unlabeled"):
+        table = raw.get(section)
+        spec = registry.get("dataset", table.get("name")) if isinstance(table, dict) else None
+        if spec is None:
+            continue
+        fields = spec.config_model().model_fields
+        out[section] = {k: v for k, v in table.items()
+                        if not (k in _V01_DATASET_DEFAULTS and v == _V01_DATASET_DEFAULTS[k]
+                                and (k not in fields or fields[k].default != v))}
+    return out

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clustkit import HeadRef, LossConfig, Registry, hookimpl
+from clustkit import HeadRef, LossConfig, Registry, View, hookimpl
 
 
 class AlignUniformConfig(LossConfig):
     """Recipe keys of ``[losses.<id>] name = "align_uniform"``; unknown keys are rejected."""
 
     head: HeadRef = Field("instance", description="an L2-normalised head (the recipe must define it)")
-    view_a: str = "weak1"
-    view_b: str = "weak2"
+    view_a: View = Field("weak1", description="a training view of the recipe's [views]")
+    view_b: View = Field("weak2", description="another training view")
     alpha: float = Field(2.0, gt=0, description="exponent of the alignment distance")
     t: float = Field(2.0, gt=0, description="uniformity temperature")
     uniformity_weight: float = Field(1.0, ge=0)

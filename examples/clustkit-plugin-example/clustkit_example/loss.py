@@ -1,7 +1,8 @@
 """The ``align_uniform`` loss component (imported only when a recipe uses it).
 
-It imports nothing from clustkit but ``hookimpl`` and the public types: the engine names the term
-after the recipe key (``[losses.uniform]`` -> ``uniform``) and multiplies it by ``weight``.
+It imports nothing from clustkit but the public types. ``compute_loss`` is a plain method that the
+engine calls at every step; it names the term after the recipe key (``[losses.uniform]`` ->
+``uniform``) and multiplies it by ``weight``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-from clustkit import BuildContext, RunContext, StepOutputs, hookimpl
+from clustkit import BuildContext, RunContext, StepOutputs
 
 
 def align_uniform(z_a: torch.Tensor, z_b: torch.Tensor, alpha: float = 2.0, t: float = 2.0,
@@ -28,7 +29,6 @@ class AlignUniform:
     def __init__(self, cfg: Any, ctx: BuildContext):
         self.cfg = cfg
 
-    @hookimpl
     def compute_loss(self, out: StepOutputs, ctx: RunContext) -> torch.Tensor:
         c = self.cfg
         return align_uniform(out.head(c.view_a, c.head), out.head(c.view_b, c.head), c.alpha, c.t, c.uniformity_weight)
