@@ -108,7 +108,8 @@ def markdown(rows: list[dict[str, object]], args: argparse.Namespace) -> str:
     lines = [
         f"D={args.dim}, K={args.k}, max_iter={args.max_iter}, n_init=1",
         "",
-        "| N | method | wall time (s) | CPU time (s) | inertia | inertia / best | iterations | 1-min load before/after |",
+        "| N | method | wall time (s) | CPU time (s) | inertia | inertia / best | iterations "
+        "| 1-min load before/after |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:

@@ -65,7 +65,8 @@ def fabricate(root: Path, n: int, size: int, classes: int = 10, block: int = 500
 
 
 def run_mode(mode: str, root: Path, size: int, out: Path, epochs: int) -> dict:
-    data = (f'data={{name="webdataset", root="{root / "shards"}", image_size={size}, in_memory=false}}' if mode == "shards"
+    data = (f'data={{name="webdataset", root="{root / "shards"}", image_size={size}, in_memory=false}}'
+            if mode == "shards"
             else f'data={{name="image_folder", root="{root / "folder"}", image_size={size}, '
                  f'in_memory={"true" if mode == "memory" else "false"}}}')
     run_dir = out / mode
@@ -104,8 +105,8 @@ def main() -> None:
     rows = [run_mode(m, a.dir, a.size, a.dir / "runs", a.epochs) for m in a.modes.split(",")]
     base = next((r for r in rows if r["mode"] == "memory"), None)
     lines = [f"{a.n:,} JPEG images {a.size}×{a.size} ({on_disk / 2**20:.0f} MB on disk; fabricated in {made:.0f} s, "
-             f"or found), CC recipes/cc.toml with batch 256, {a.epochs} epoch(s); {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} CPUs.", "",
+             f"or found), CC recipes/cc.toml with batch 256, {a.epochs} epoch(s); "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.", "",
              "| mode | train images/s | vs memory | epoch s | run wall s | peak RSS MB (largest process) |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:

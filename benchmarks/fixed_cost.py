@@ -102,7 +102,9 @@ def main() -> None:
             table[n].append(spans.get(n, 0.0))
         table[names[7]].append(r["wall"] - r["marks"]["imports done"] - sum(spans.get(n, 0.0) for n in names[1:7]))
     walls = [r["wall"] for r in rows]
-    print(f"<!-- {json.dumps({'recipe': args.recipe, 'overrides': args.overrides, 'threads': args.threads, 'host': platform.platform(terse=True), 'cpus': os.cpu_count(), 'repeat': args.repeat})} -->")
+    meta = {"recipe": args.recipe, "overrides": args.overrides, "threads": args.threads,
+            "host": platform.platform(terse=True), "cpus": os.cpu_count(), "repeat": args.repeat}
+    print(f"<!-- {json.dumps(meta)} -->")
     print(f"| phase | seconds (mean of {len(rows)}) | share of the process |")
     print("|---|---:|---:|")
     mean_wall = sum(walls) / len(walls)

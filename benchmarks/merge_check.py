@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+
 from clustkit.cluster.manifold import embed, neighbor_graph
 from clustkit.cluster.metrics import cluster_acc
 from clustkit_manifold.evaluator import cluster_embedding
@@ -52,7 +53,8 @@ def main() -> None:
         z = embed(x, args.k, 15, 0.0, "cosine", int(seed), graph)
         row = [cluster_acc(y, cluster_embedding(z, args.k, "gmm", 5, int(seed))[0])]
         for over in map(int, args.over.split(",")):
-            row.append(cluster_acc(y, merge_by_edges(cluster_embedding(z, over, "gmm", 5, int(seed))[0], graph[0], args.k)))
+            over_labels = cluster_embedding(z, over, "gmm", 5, int(seed))[0]
+            row.append(cluster_acc(y, merge_by_edges(over_labels, graph[0], args.k)))
         print(f"| {folder} | " + " | ".join(f"{a:.3f}" for a in row) + " |", flush=True)
 
 

@@ -77,10 +77,8 @@ def recipe_path(method: str, kind: str) -> Path:
 def _trim() -> None:
     """Hand freed memory back to the OS so the next configuration's peak RSS is its own."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
 
 
 def _reset_peak_rss() -> bool:
@@ -122,9 +120,9 @@ def time_steps(path: Path, overrides: list[str], batch: int, args: argparse.Name
     ``ready_views`` measures the model-only ceiling: one batch is fetched and its views made once,
     before timing, and every timed step reuses them, so a step is the same model, heads, losses
     and optimizer with no data fetch and no augmentation."""
-    import torch
-
     from dataclasses import replace
+
+    import torch
 
     from clustkit.engine.build import build_run
     from clustkit.engine.step import train_step

@@ -115,9 +115,8 @@ def run_reference(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_clustkit(args: argparse.Namespace, ready_views: bool) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
-    from throughput import time_steps
-
     from clustkit.plugin_system.manager import get_plugins
+    from throughput import time_steps
 
     overrides = [f'data={{name="cifar10", root="{args.data}", split="train"}}', "views.size=32",
                  f'backbone={{name="resnet", depth={args.depth}, stem="imagenet"}}']
@@ -160,7 +159,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="clustkit's step only")
     ap.add_argument("--channels-last", action="store_true", help="clustkit's step only")
     ap.add_argument("--compile", action="store_true", help="clustkit's step only (run.compile)")
-    ap.add_argument("--data", default=None, help="the cifar-10-jpg folder (default: $CLUSTKIT_SHARED_DATA/cifar-10-jpg)")
+    ap.add_argument("--data", default=None,
+                    help="the cifar-10-jpg folder (default: $CLUSTKIT_SHARED_DATA/cifar-10-jpg)")
     ap.add_argument("--kinds", default=",".join(KINDS), help="which measurements (default: all three)")
     ap.add_argument("--out", type=Path, help="write the measurements as JSON here")
     ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
@@ -183,7 +183,8 @@ def main() -> None:
     kinds = comma_list(ap, args.kinds, KINDS, "kinds")
     for m in methods:
         if "reference" in kinds and not getattr(args, f"{m}_repo"):
-            ap.error(f"--{m}-repo is needed to measure the {m.upper()} authors' step (or leave 'reference' out of --kinds)")
+            ap.error(f"--{m}-repo is needed to measure the {m.upper()} authors' step "
+                     "(or leave 'reference' out of --kinds)")
     rows: list[dict[str, Any]] = []
     for method in methods:
         for depth in [int(d) for d in args.depths.split(",") if d]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -134,7 +135,7 @@ def run_recipe(path: Path, plugins: Any, out: Path | None, overrides: list[str] 
     return Run(recipe, plugins, out).execute(resume=resume)
 
 
-def rgb(n: int = 6, size: int = 32, seed: int = 0) -> "torch.Tensor":
+def rgb(n: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
     """Smooth random RGB images (upsampled noise) in [0, 1], for the augmentation tests."""
     import torch
 

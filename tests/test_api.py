@@ -95,7 +95,7 @@ def test_a_removed_member_says_what_replaced_it(tmp_path: Path, plugin_set, tiny
     with pytest.raises(AttributeError, match="make_views"):
         ctx.hook.make_views(images=None, train=True, ctx=ctx)
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
-        ctx.nonsense
+        _ = ctx.nonsense
 
 
 def test_every_core_recipe_key_is_in_the_recipe_reference() -> None:

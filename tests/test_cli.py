@@ -42,9 +42,9 @@ def test_run_writes_the_run_folder(tiny_recipe: Path, tmp_path: Path) -> None:
         assert key in summary
     assert summary["method"] == "tiny" and summary["dataset"] == "digits" and summary["n_clusters"] == 10
     assert 0.0 <= summary["acc"] <= 1.0
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["epoch"] for l in lines] == [1, 2]
-    assert all({"acc", "nmi", "ari", "losses"} <= set(l) for l in lines)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in lines] == [1, 2]
+    assert all({"acc", "nmi", "ari", "losses"} <= set(entry) for entry in lines)
     assert lines[-1]["acc"] == summary["acc"]
     with (out / "assignments.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -199,7 +199,8 @@ def test_help_does_not_import_torch() -> None:
             "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
             "r = CliRunner().invoke(app, ['plugins']); assert r.exit_code == 0, r.output; "
             "r = CliRunner().invoke(app, ['plugins', '--show', 'cc']); assert r.exit_code == 0, r.output; "
-            "r = CliRunner().invoke(app, ['plugins', '--show', 'digpro', '--json']); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['plugins', '--show', 'digpro', '--json']); "
+            "assert r.exit_code == 0, r.output; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

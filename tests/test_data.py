@@ -20,10 +20,10 @@ import torch
 
 from clustkit.data import (
     DATASETS,
+    UNREADABLE,
     ClusterDataset,
     DatasetError,
     FolderDataset,
-    UNREADABLE,
     InMemoryDataset,
     load_dataset,
 )
@@ -56,7 +56,7 @@ def check_contract(ds: ClusterDataset, n: int, shape: tuple[int, int, int]) -> N
         assert ds.images.dtype == torch.uint8 and tuple(ds.images.shape) == (n, *shape)
     if ds.has_labels:
         assert ds.num_classes == len(ds.class_names)
-        assert -1 <= ds.labels.min() and ds.labels.max() < ds.num_classes
+        assert ds.labels.min() >= -1 and ds.labels.max() < ds.num_classes
 
 
 def rng_images(n, c, h, w, seed=0) -> np.ndarray:
@@ -368,7 +368,7 @@ def test_cifar10_pickles(tmp_path):
     ds = load_dataset("cifar10", root=tmp_path, cache_dir=tmp_path / "cache")
     check_contract(ds, 17, (3, 32, 32))
     assert ds.name == "cifar10" and ds.class_names == CIFAR10
-    np.testing.assert_array_equal(ds.images.numpy(), np.concatenate(train + [test]))
+    np.testing.assert_array_equal(ds.images.numpy(), np.concatenate([*train, test]))
     assert ds.labels.tolist()[:3] == [0, 1, 9] and ds.labels.tolist()[-2:] == [4, 5]
     assert len(load_dataset("cifar10", root=folder, split="test")) == 2
     assert not (tmp_path / "cache").exists()  # lossless pickles need no cache

@@ -134,7 +134,7 @@ def test_kmeans_singleton_groups_pass_gradients_straight_through():
 def test_kmeans_centroids_carry_gradients():
     g = unit(14, 3, 5).requires_grad_(True)
     w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    labels, cents = C.batch_kmeans(g, 4, 5)
+    _labels, cents = C.batch_kmeans(g, 4, 5)
     (cents * w).sum().backward()
     g2 = g.detach().clone().requires_grad_(True)
     ref_labels, _ = naive_kmeans(g2.tolist(), 4, 5)

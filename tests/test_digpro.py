@@ -14,8 +14,6 @@ from clustkit.engine.network import ema_update
 from clustkit.engine.run import Run
 from clustkit.errors import RecipeError
 from clustkit.recipe import load
-
-REPO = Path(__file__).resolve().parents[1]
 from clustkit_digpro.losses import (
     byol_loss,
     cluster_prototypes,
@@ -24,6 +22,8 @@ from clustkit_digpro.losses import (
     prototype_contrast,
     ring_enqueue,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_DIGPRO = """
 [run]

@@ -67,9 +67,9 @@ def test_two_process_losses_and_gradients_equal_one_process(tmp_path: Path) -> N
 def test_torchrun_two_processes_cli(tiny_recipe: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun_exe(), "--standalone", "--nproc-per-node", "2", clustkit_exe(), "run", str(tiny_recipe),
-                             "--out", str(out), "--set", "run.epochs=1"], capture_output=True, text=True, env=env,
-                            timeout=600)
+    result = subprocess.run([torchrun_exe(), "--standalone", "--nproc-per-node", "2", clustkit_exe(), "run",
+                             str(tiny_recipe), "--out", str(out), "--set", "run.epochs=1"], capture_output=True,
+                            text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and 0 <= summary["acc"] <= 1

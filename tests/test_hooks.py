@@ -217,7 +217,8 @@ def component_methods() -> list[str]:
 
 def test_every_hook_and_component_method_has_a_test() -> None:
     assert {n[len("test_hook_"):] for n in globals() if n.startswith("test_hook_")} == set(spec_names())
-    assert {n[len("test_component_"):] for n in globals() if n.startswith("test_component_")} == set(component_methods())
+    assert ({n[len("test_component_"):] for n in globals() if n.startswith("test_component_")}
+            == set(component_methods()))
 
 
 def test_every_hook_and_component_method_is_documented() -> None:

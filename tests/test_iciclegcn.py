@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from clustkit import (BuildContext, ClusterContrast, ClusterContrastConfig, InstanceContrast,
-                      InstanceContrastConfig)
+from clustkit import BuildContext, ClusterContrast, ClusterContrastConfig, InstanceContrast, InstanceContrastConfig
 from clustkit.engine.network import Network
 from clustkit.engine.step import StepOutputs
 from clustkit.losses.contrast import cluster_contrast
@@ -137,8 +136,8 @@ def test_gcn_layer_and_fusion_match_naive() -> None:
     fused = fuse(a, b, c, 0.4, 0.2, 0.4)
     for i in range(2):
         for j in range(3):
-            assert fused[i, j].item() == pytest.approx(0.4 * a[i, j].item() + 0.2 * b[i, j].item() + 0.4 * c[i, j].item(),
-                                                       abs=1e-6)
+            expected = 0.4 * a[i, j].item() + 0.2 * b[i, j].item() + 0.4 * c[i, j].item()
+            assert fused[i, j].item() == pytest.approx(expected, abs=1e-6)
 
 
 def naive_trident(net: Trident, x: torch.Tensor, adj_a: torch.Tensor, adj_b: torch.Tensor,
@@ -363,6 +362,6 @@ def test_tiny_end_to_end_and_resume_in_stage2(tmp_path: Path) -> None:
     a, b = _stage2_state(tmp_path / "full"), _stage2_state(out)
     assert b["phase"] == "done"
     for key in ("a", "b", "q"):
-        torch.testing.assert_close(b["components"]["refine.gcn"]["final"][key], a["components"]["refine.gcn"]["final"][key],
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(b["components"]["refine.gcn"]["final"][key],
+                                   a["components"]["refine.gcn"]["final"][key], rtol=1e-4, atol=1e-5)
     assert resumed["acc"] == pytest.approx(full["acc"], abs=2e-3)

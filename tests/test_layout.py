@@ -93,7 +93,8 @@ def test_plugins_import_only_the_public_api(path: Path) -> None:
     own = ("clustkit.builtin",) if "builtin" in path.parts else ()  # the built-in plugin's own modules
     bad = [f"{path.relative_to(REPO)}:{line} imports {name}" for line, name in imports(path)
            if name.startswith("clustkit.") and not any(name == p or name.startswith(p + ".") for p in (*PUBLIC, *own))]
-    assert not bad, "plugins import only `clustkit` and its library modules " + ", ".join(PUBLIC) + ":\n" + "\n".join(bad)
+    assert not bad, ("plugins import only `clustkit` and its library modules " + ", ".join(PUBLIC) + ":\n"
+                     + "\n".join(bad))
 
 
 @pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: str(p.relative_to(REPO)))
@@ -141,7 +142,7 @@ def test_a_built_run_context_has_no_none_field(tmp_path: Path, plugin_set) -> No
         assert run.ctx.has_momentum == bool(overrides)
     ctx = build_run(load(path, ps.registry), ps, None).ctx
     with pytest.raises(RuntimeError, match=r"no \[momentum\] section"):
-        ctx.momentum_model
+        _ = ctx.momentum_model
 
 
 def test_docs_cite_nothing_outside_the_repository() -> None:
@@ -167,3 +168,12 @@ def test_every_registered_factory_and_config_resolves(plugin_set) -> None:
     for spec in specs:
         assert callable(resolve(spec.factory)), (spec.plugin, spec.kind, spec.name)
         assert spec.config_model() is not None
+
+
+def test_ci_runs_the_readme_test_command_exactly() -> None:
+    """The quick start's second command is what CI runs: a user who runs it sees what CI sees (the linter too)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("```bash", readme.index("## Quick start")):]
+    commands = block[len("```bash"):block.index("```", 3)].strip().splitlines()
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert commands[1] == ci and "ruff check" in ci and "pytest" in ci

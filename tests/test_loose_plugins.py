@@ -53,7 +53,8 @@ def test_a_loose_file_runs_with_string_and_object_factories(tmp_path: Path) -> N
     recipe.write_text(TINY_CC + '\n[losses.align]\nname = "cos_align"\n\n[losses.align_obj]\nname = "cos_align_obj"\n'
                       'scale = 0.5\n')
     out = tmp_path / "run"
-    result = cli("run", str(recipe), "--out", str(out), "--set", "run.epochs=1", env={"CLUSTKIT_PLUGINS_DIR": str(plugins)})
+    result = cli("run", str(recipe), "--out", str(out), "--set", "run.epochs=1",
+                 env={"CLUSTKIT_PLUGINS_DIR": str(plugins)})
     assert result.returncode == 0, result.stderr
     assert "failed to load" not in result.stderr
     (line,) = (out / "metrics.jsonl").read_text().splitlines()
@@ -88,7 +89,8 @@ def test_loading_a_directory_twice_imports_each_file_once(tmp_path: Path, monkey
     stem = f"loose_{uuid.uuid4().hex[:8]}"
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
-    (first / f"{stem}.py").write_text(MYLOOSE.replace("myloose:", f"{stem}:").replace("import torch.nn.functional as F\n", ""))
+    source = MYLOOSE.replace("myloose:", f"{stem}:").replace("import torch.nn.functional as F\n", "")
+    (first / f"{stem}.py").write_text(source)
     (second / f"{stem}.py").write_text("")
     monkeypatch.setenv("CLUSTKIT_PLUGINS_DIR", str(first))
     try:
@@ -110,3 +112,19 @@ def test_loading_a_directory_twice_imports_each_file_once(tmp_path: Path, monkey
     with pytest.warns(PluginLoadWarning, match="missing dependency foo"):
         plugin_set()
     assert stem not in sys.modules
+
+
+def test_a_loose_file_is_disabled_like_an_installed_plugin_and_gives_its_version(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "myloose.py").write_text('__version__ = "1.2"\n' + MYLOOSE)
+    listed = json.loads(cli("plugins", "--json", env={"CLUSTKIT_PLUGINS_DIR": str(plugins)}).stdout)
+    assert {p["name"]: p["version"] for p in listed["plugins"]}["myloose"] == "1.2"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY_CC.replace('name = "tiny"', 'name = "tiny"\nplugins = ["myloose"]'))
+    blocked = cli("check", str(recipe), env={"CLUSTKIT_PLUGINS_DIR": str(plugins),
+                                             "CLUSTKIT_DISABLE_PLUGINS": "myloose"})
+    assert blocked.returncode == 2 and "needs plugin 'myloose'" in blocked.stderr
+    listed = json.loads(cli("plugins", "--json", env={"CLUSTKIT_PLUGINS_DIR": str(plugins),
+                                                     "CLUSTKIT_DISABLE_PLUGINS": "myloose"}).stdout)
+    assert "myloose" not in {p["name"] for p in listed["plugins"]}

@@ -11,8 +11,14 @@ from typing import Any
 import pytest
 import torch
 
-from clustkit import (BuildContext, ClusterContrast, ClusterContrastConfig, InstanceContrast, InstanceContrastConfig,
-                      RecipeError)
+from clustkit import (
+    BuildContext,
+    ClusterContrast,
+    ClusterContrastConfig,
+    InstanceContrast,
+    InstanceContrastConfig,
+    RecipeError,
+)
 from clustkit.engine.step import loss_terms
 from clustkit.losses.contrast import assignment_entropy_gap, cluster_contrast, nt_xent
 from conftest import FakeOut
@@ -100,13 +106,15 @@ def heads3(n: int = 10, k: int = 3, d: int = 4) -> dict[tuple[str, str], torch.T
     for i, v in enumerate(VIEWS):
         g = torch.Generator().manual_seed(i)
         out[(v, "instance")] = torch.randn(n, d, generator=g, dtype=torch.float64).requires_grad_(True)
-        out[(v, "cluster")] = torch.randn(n, k, generator=g, dtype=torch.float64).softmax(1).detach().requires_grad_(True)
+        probs = torch.randn(n, k, generator=g, dtype=torch.float64).softmax(1)
+        out[(v, "cluster")] = probs.detach().requires_grad_(True)
     return out
 
 
 def assert_same(a: torch.Tensor, b: torch.Tensor, inputs: list[torch.Tensor]) -> None:
     assert torch.allclose(a, b, atol=1e-10), (float(a), float(b))
-    for ga, gb in zip(torch.autograd.grad(a, inputs, retain_graph=True), torch.autograd.grad(b, inputs, retain_graph=True)):
+    for ga, gb in zip(torch.autograd.grad(a, inputs, retain_graph=True),
+                      torch.autograd.grad(b, inputs, retain_graph=True)):
         assert torch.allclose(ga, gb, atol=1e-10)
 
 

@@ -101,7 +101,8 @@ def test_vote_k_turns_the_vote_on_in_the_evaluator(tmp_path: Path) -> None:
     for vote in (0, 10):
         out = tmp_path / f"vote{vote}"
         run_recipe(recipe, get_plugins(), out, overrides=[
-            "run.plugins=['manifold']", f'evaluation={{name="umap", n_neighbors=10, n_init=2, fit_on=600, n_runs=1, vote_k={vote}}}',
+            "run.plugins=['manifold']",
+            f'evaluation={{name="umap", n_neighbors=10, n_init=2, fit_on=600, n_runs=1, vote_k={vote}}}',
             'run.select="recipe"', "run.report=false"])
         summaries[vote] = (json.loads((out / "summary.json").read_text()),
                            np.loadtxt(out / "assignments.csv", delimiter=",", skiprows=1, usecols=1, dtype=np.int64))
@@ -134,8 +135,9 @@ def test_the_consensus_run_is_the_one_that_agrees_most_with_the_others() -> None
 
 @pytest.mark.parametrize("fit_on", [None, 150])
 def test_each_run_of_a_sampled_evaluation_embeds_its_own_sample(monkeypatch, fit_on) -> None:
-    import torch
     from types import SimpleNamespace
+
+    import torch
 
     import clustkit_manifold.evaluator as E
     from clustkit_manifold import UMAPEvalConfig
@@ -205,7 +207,8 @@ def test_a_run_given_one_thread_keeps_one_after_its_umap_evaluation(tmp_path: Pa
             "from conftest import run_recipe\n"
             "from clustkit.plugin_system.manager import get_plugins\n"
             f"run_recipe(Path({str(tmp_path / 'tiny.toml')!r}), get_plugins(), Path({str(tmp_path / 'run')!r}),\n"
-            "           overrides=[\"run.plugins=['manifold']\", 'evaluation={name=\"umap\", n_neighbors=10, n_init=2}',\n"
+            "           overrides=[\"run.plugins=['manifold']\", "
+            "'evaluation={name=\"umap\", n_neighbors=10, n_init=2}',\n"
             "                      'run.report=false'])\n"
             "print(torch.get_num_threads())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,

@@ -66,7 +66,7 @@ def _one_paragraph(stderr: str) -> str:
 
 
 def test_an_exception_in_a_loss_is_one_paragraph_naming_the_plugin_key_and_line(tmp_path: Path, faulty) -> None:
-    plugin_file, env = faulty
+    _plugin_file, env = faulty
     out = tmp_path / "run"
     result = cli("run", str(_recipe(tmp_path, "boom")), "--out", str(out), env=env)
     assert result.returncode == 4, result.stderr
@@ -91,7 +91,7 @@ def test_an_exception_in_a_loss_is_one_paragraph_naming_the_plugin_key_and_line(
 
 def test_a_factory_that_does_not_import_fails_check_and_run_naming_where_it_was_registered(tmp_path: Path,
                                                                                           faulty) -> None:
-    plugin_file, env = faulty
+    _plugin_file, env = faulty
     recipe = _recipe(tmp_path, "missing")
     line = next(i for i, text in enumerate(FAULTY.splitlines(), 1) if '"missing"' in text)
     for args in (["check", str(recipe)], ["run", str(recipe), "--out", str(tmp_path / "run")]):

@@ -88,7 +88,8 @@ class Scaled:
 def register_components(registry):
     registry.add("loss", "scaled", Scaled, ScaledConfig, doc="a test loss")
 ''')
-    (tmp_path / "hooksonly.py").write_text("from clustkit import hookimpl\n\n@hookimpl\ndef on_run_start(ctx):\n    pass\n")
+    (tmp_path / "hooksonly.py").write_text("from clustkit import hookimpl\n\n"
+                                           "@hookimpl\ndef on_run_start(ctx):\n    pass\n")
     env = {"CLUSTKIT_PLUGINS_DIR": str(tmp_path)}
     (comp,) = shown("showme", env)["components"]
     assert comp["factory"] == "showme:Scaled" and comp["config"] == "showme:ScaledConfig"

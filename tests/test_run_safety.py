@@ -187,8 +187,8 @@ def test_unreadable_recipes_exit_2_with_one_paragraph(tmp_path: Path) -> None:
 def test_an_untrained_evaluation_head_is_warned_about_in_the_run_and_the_bench(tiny_recipe: Path,
                                                                               tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    bench = cli("bench", str(tiny_recipe), "--grid", "losses.cluster.weight=1,0", "--seeds", "0", "--set", "run.epochs=1",
-                "--out", str(out))
+    bench = cli("bench", str(tiny_recipe), "--grid", "losses.cluster.weight=1,0", "--seeds", "0",
+                "--set", "run.epochs=1", "--out", str(out))
     assert bench.returncode == 0, bench.stderr
     trained, ablated = (json.loads((out / f"tiny__losses.cluster.weight={w}" / "seed0" / "summary.json").read_text())
                         for w in (1, 0))

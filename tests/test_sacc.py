@@ -13,12 +13,19 @@ import torch
 
 from clustkit import BuildContext, ClusterContrast, InstanceContrast
 from clustkit.errors import RecipeError
-from clustkit_sacc import (OP_NAMES, TRAIN_PY_CLUSTER_PAIRS, TRAIN_PY_INSTANCE_PAIRS, SACCClusterConfig,
-                           SACCInstanceConfig, SACCViewsConfig)
+from clustkit_sacc import (
+    OP_NAMES,
+    TRAIN_PY_CLUSTER_PAIRS,
+    TRAIN_PY_INSTANCE_PAIRS,
+    SACCClusterConfig,
+    SACCInstanceConfig,
+    SACCViewsConfig,
+)
 from clustkit_sacc import views as C
 from clustkit_sacc.randaugment import RandAugment, geometric_warp, op_args
-from naive import naive_cluster_contrast as naive_cluster, naive_nt_xent
 from conftest import REPO, FakeOut, rgb, run_recipe
+from naive import naive_cluster_contrast as naive_cluster
+from naive import naive_nt_xent
 
 D = torch.float64
 
@@ -84,7 +91,8 @@ def reference_op(name: str, img: torch.Tensor, v: int, sign: int) -> torch.Tenso
         return TF.affine(img, angle=0.0, translate=t, scale=1.0, shear=[0.0, 0.0])
     if name in ("ShearX", "ShearY"):
         deg = sign * math.degrees(math.atan(0.3 * v / 10))
-        return TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=[deg, 0.0] if name == "ShearX" else [0.0, deg])
+        return TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0,
+                         shear=[deg, 0.0] if name == "ShearX" else [0.0, deg])
     out = {"AutoContrast": lambda: TF.autocontrast(img), "Equalize": lambda: TF.equalize(img),
            "Brightness": lambda: TF.adjust_brightness(img, f), "Color": lambda: TF.adjust_saturation(img, f),
            "Contrast": lambda: TF.adjust_contrast(img, f), "Sharpness": lambda: TF.adjust_sharpness(img, f),
@@ -237,7 +245,8 @@ def test_normalisation_modes():
         v = gen.make_views(x, True, None) | gen.make_views(x, False, None)
         for name, t in v.items():
             assert (t.min() < 0) == (name in normalised), (mode, name)
-    assert torch.equal(C.SACCViews(SACCViewsConfig(name="sacc"), views_ctx(3, 32)).make_views(x, False, None)["eval"], x)
+    gen = C.SACCViews(SACCViewsConfig(name="sacc"), views_ctx(3, 32))
+    assert torch.equal(gen.make_views(x, False, None)["eval"], x)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -311,7 +320,8 @@ def test_recipe_pairs_and_zero_weight(plugin_set):
                 ps, None).build().components.by_key
     assert built["losses.instance"].pairs == [("weak1", "strong")]
     assert built["views"].view_names == ["weak1", "weak2", "strong"]
-    built = Run(load(path, ps.registry, ["backbone.width=8", "losses.cluster.weight=0"]), ps, None).build().components.by_key
+    built = Run(load(path, ps.registry, ["backbone.width=8", "losses.cluster.weight=0"]),
+                ps, None).build().components.by_key
     assert "losses.cluster" not in built and "losses.instance" in built
     with pytest.raises(RecipeError, match=r"losses.cluster.pairs\[0\]"):  # at load: SACC's views declare their names
         load(path, ps.registry, ['losses.cluster.pairs=[["weak1", "strong9"]]'])

@@ -12,6 +12,7 @@ over several devices is checked through its CPU twin. All 2-process checks share
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def _data() -> np.ndarray:
 
 def _shards() -> list[slice]:
     bounds = np.cumsum((0, *SPLIT))
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 def _kmeans_fields(r: Any) -> tuple[Any, ...]:
@@ -90,7 +91,8 @@ def _engine_checks(rank: int, folder: str) -> dict[str, Any]:
     # the untrained network's features barely differ (std 4e-4 around 0.2): k-means on them is
     # decided by rounding, so the comparison with one process is made on the blobs
     blobs = _shards()[rank]
-    out["group_blobs"] = _kmeans_fields(ctx.group(torch.from_numpy(_data()[blobs]), K, rows=range(blobs.start, blobs.stop)))
+    out["group_blobs"] = _kmeans_fields(ctx.group(torch.from_numpy(_data()[blobs]), K,
+                                                  rows=range(blobs.start, blobs.stop)))
     out["group_shard"] = ctx.group(shard, 10, rows=rows).labels
     out["group_whole"] = ctx.group(out["features"]["instance"], 10).labels
     out["evaluate"] = ctx.evaluate().labels
@@ -275,7 +277,7 @@ def test_shard_range_is_contiguous_and_aligned() -> None:
     for n, align, world in [(1797, 512, 2), (1797, 512, 3), (10, 1, 4), (3, 1, 4), (1000, 64, 5)]:
         parts = [shard_range(n, align=align, world=world, of_rank=r) for r in range(world)]
         assert parts[0].start == 0 and parts[-1].stop == n
-        assert all(a.stop == b.start for a, b in zip(parts[:-1], parts[1:]))
+        assert all(a.stop == b.start for a, b in itertools.pairwise(parts))
         assert all(p.start % align == 0 for p in parts if len(p))
         blocks = [-(-len(p) // align) for p in parts]
         assert max(blocks) - min(blocks) <= 1

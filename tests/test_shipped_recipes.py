@@ -73,7 +73,8 @@ def test_an_installed_wheel_runs_a_shipped_recipe_by_name(wheel: Path, tmp_path:
             "sys.argv = ['clustkit', 'check', 'cc']\n"
             "main()\n")
     env = {**os.environ, "PYTHONPATH": str(site)}  # before the editable install's finder
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work, env=env, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=work, env=env,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     module, recipe, *rest = result.stdout.splitlines()
     assert Path(module).is_relative_to(site), module
@@ -149,7 +150,8 @@ def test_bench_takes_a_shipped_name_and_bench_files_may_name_them(tmp_path: Path
     assert quick.returncode == 0, quick.stderr
     assert "shipped/cc.toml" in quick.stdout
     (tmp_path / "local.toml").write_text(TINY_CC)
-    (tmp_path / "bench.toml").write_text('[bench]\nrecipes = ["local.toml", "cc", "mix/sacc_views_dchl_losses"]\nseeds = [0]\n')
+    (tmp_path / "bench.toml").write_text('[bench]\nrecipes = ["local.toml", "cc", "mix/sacc_views_dchl_losses"]\n'
+                                         'seeds = [0]\n')
     planned = cli("bench", "bench.toml", "--dry-run", "--out", "b2", cwd=tmp_path)
     assert planned.returncode == 0, planned.stderr
     assert not (tmp_path / "b2").exists()

@@ -15,8 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clustkit.data import DatasetError, FolderDataset, InMemoryDataset, TarShardDataset, load_dataset
-from clustkit.data import memory
+from clustkit.data import DatasetError, FolderDataset, InMemoryDataset, TarShardDataset, load_dataset, memory
 from conftest import TINY_CC, clustkit_exe, torchrun_exe
 
 webdataset = pytest.importorskip("webdataset")  # in the test extra: CI always has it
@@ -101,7 +100,8 @@ def test_in_memory_auto_decides_by_the_memory_each_process_has(tmp_path: Path, m
 
 
 def _tiny_shard_recipe(tmp_path: Path, root: Path) -> Path:
-    text = TINY_CC.replace('[data]\nname = "digits"\n', f'[data]\nname = "webdataset"\nroot = "{root}"\nimage_size = 12\n')
+    text = TINY_CC.replace('[data]\nname = "digits"\n',
+                           f'[data]\nname = "webdataset"\nroot = "{root}"\nimage_size = 12\n')
     assert text != TINY_CC
     path = tmp_path / "shards.toml"
     path.write_text(text)
@@ -148,8 +148,8 @@ def test_two_processes_read_the_shards_from_disk(tmp_path: Path) -> None:
     share of each batch from disk in DataLoader workers."""
     write_shards(tmp_path / "wds", 200)
     recipe = _tiny_shard_recipe(tmp_path, tmp_path / "wds")
-    result = subprocess.run([torchrun_exe(), "--standalone", "--nproc-per-node", "2", clustkit_exe(), "run", str(recipe),
-                             "--out", str(tmp_path / "run"), "--set", "data.in_memory=false", "--set",
+    result = subprocess.run([torchrun_exe(), "--standalone", "--nproc-per-node", "2", clustkit_exe(), "run",
+                             str(recipe), "--out", str(tmp_path / "run"), "--set", "data.in_memory=false", "--set",
                              "run.num_workers=1", "--set", "run.report=false"],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]

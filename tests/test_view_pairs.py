@@ -48,7 +48,8 @@ def one_paragraph(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_check_rejects_a_builtin_loss_pair_naming_an_unknown_view(tmp_path: Path) -> None:
     path = tmp_path / "typo.toml"
-    path.write_text(CC.replace('name = "instance_contrast"\n', 'name = "instance_contrast"\npairs = [["weak1", "nope"]]\n'))
+    path.write_text(CC.replace('name = "instance_contrast"\n',
+                               'name = "instance_contrast"\npairs = [["weak1", "nope"]]\n'))
     message = one_paragraph(check(path))
     assert "typo.toml" in message and "'losses.instance.pairs[0]'" in message
     assert "'nope'" in message and "'tensor_affine'" in message and "Allowed values: weak1, weak2." in message
@@ -74,9 +75,10 @@ def test_check_rejects_a_third_party_pair_field(tmp_path: Path) -> None:
     path = tmp_path / "third.toml"
     path.write_text(CC + '\n[losses.anchor]\nname = "anchors"\nanchors = [["weak1", "weak2"], ["weak2", "wek1"]]\n')
     message = one_paragraph(check(path, env=env))
-    assert "'losses.anchor.anchors[1]'" in message and "'wek1'" in message and "Allowed values: weak1, weak2." in message
-    optional = one_paragraph(check(path, "--set", 'losses.anchor.anchors=[]', "--set", 'losses.anchor.extra=["x", "weak1"]',
-                                   env=env))
+    assert ("'losses.anchor.anchors[1]'" in message and "'wek1'" in message
+            and "Allowed values: weak1, weak2." in message)
+    optional = one_paragraph(check(path, "--set", 'losses.anchor.anchors=[]',
+                                   "--set", 'losses.anchor.extra=["x", "weak1"]', env=env))
     assert "'losses.anchor.extra'" in optional and "'x'" in optional
     fine = check(path, "--set", 'losses.anchor.anchors=[["weak2", "weak1"]]', env=env)
     assert fine.returncode == 0, fine.stderr
@@ -148,3 +150,23 @@ def test_a_view_name_field_with_a_typo_fails_check(tmp_path: Path) -> None:
     assert "key 'refine.selflabel.view'" in text and "'waek2'" in text and "Allowed values: weak1, weak2" in text
     recipe.write_text(TINY_CC + '\n[refine.selflabel]\nname = "selflabel"\nview = "weak2"\n')
     assert cli("check", str(recipe)).returncode == 0
+
+
+def test_a_list_of_view_names_is_checked_item_by_item(tmp_path: Path, plugin_set) -> None:
+    from clustkit import View
+    from clustkit.recipe import load
+
+    class ViewsConfig(LossConfig):
+        views: list[View] = Field(default_factory=lambda: ["weak1", "weak2"])
+
+    class Plugin:
+        @hookimpl
+        def register_components(self, registry: Any) -> None:
+            registry.add("loss", "views_only", object, ViewsConfig)
+
+    ps = plugin_set(("viewlist", Plugin()))
+    path = tmp_path / "r.toml"
+    path.write_text(TINY_CC + '\n[losses.mine]\nname = "views_only"\nviews = ["weak1", "wek2"]\n')
+    with pytest.raises(RecipeError) as err:
+        load(path, ps.registry)
+    assert err.value.key == "losses.mine.views[1]" and err.value.allowed == ["weak1", "weak2"]

@@ -105,7 +105,8 @@ def test_the_simclr_chain_draws_each_images_parameters_in_the_papers_ranges() ->
 def test_sacc_strong_base_flips_last_and_blurs_with_a_random_sigma() -> None:
     aug = simclr_augment(32, 3, (0.08, 1.0), (0.4, 0.4, 0.4, 0.1), blur_kernel=13, flip_last=True)
     names = [type(m).__name__ for m in aug]
-    assert names == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale", "RandomGaussianBlur", "RandomHorizontalFlip"]
+    assert names == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale", "RandomGaussianBlur",
+                     "RandomHorizontalFlip"]
     torch.manual_seed(0)
     aug(rgb(2048))
     blur = aug[3]._params

@@ -16,10 +16,27 @@ from typing import TYPE_CHECKING, Any
 from clustkit.errors import PluginError, RecipeError, UserError
 from clustkit.losses.configs import ClusterContrastConfig, InstanceContrastConfig, PairLossConfig
 from clustkit.plugin_system.hookspecs import hookimpl
-from clustkit.plugin_system.interfaces import (CandidateSource, Evaluator, Grouper, HeadBuilder, Loss, PrototypeUpdater,
-                                               Refiner, ViewGenerator)
-from clustkit.plugin_system.registry import (ComponentConfig, EvaluatorConfig, HeadOrBackbone, HeadRef, LossConfig,
-                                             Pair, Registry, View, with_defaults)
+from clustkit.plugin_system.interfaces import (
+    CandidateSource,
+    Evaluator,
+    Grouper,
+    HeadBuilder,
+    Loss,
+    PrototypeUpdater,
+    Refiner,
+    ViewGenerator,
+)
+from clustkit.plugin_system.registry import (
+    ComponentConfig,
+    EvaluatorConfig,
+    HeadOrBackbone,
+    HeadRef,
+    LossConfig,
+    Pair,
+    Registry,
+    View,
+    with_defaults,
+)
 
 try:
     __version__ = importlib.metadata.version("clustkit")  # one version: pyproject.toml's
@@ -65,7 +82,7 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by use, as docs/api.md is; __dir__ returns the names sorted
     # writing a plugin
     "hookimpl", "Registry", "ComponentConfig", "LossConfig", "EvaluatorConfig", "HeadRef", "HeadOrBackbone", "Pair",
     "View", "with_defaults",

@@ -15,8 +15,16 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from clustkit import (ClusterContrastConfig, ComponentConfig, HeadRef, InstanceContrastConfig, LossConfig, Pair,
-                      Registry, hookimpl)
+from clustkit import (
+    ClusterContrastConfig,
+    ComponentConfig,
+    HeadRef,
+    InstanceContrastConfig,
+    LossConfig,
+    Pair,
+    Registry,
+    hookimpl,
+)
 
 F = "clustkit_dchl."
 

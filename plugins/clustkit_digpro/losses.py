@@ -294,7 +294,8 @@ class ProtoLoss(_DigProLoss):
         return torch.stack(losses).mean()
 
     def checkpoint_state(self, ctx: RunContext) -> dict[str, Any]:
-        return {f"{self.key}.pseudo_labels": self.pseudo_labels.cpu(), f"{self.key}.labelled_epoch": self.labelled_epoch}
+        return {f"{self.key}.pseudo_labels": self.pseudo_labels.cpu(),
+                f"{self.key}.labelled_epoch": self.labelled_epoch}
 
     def load_checkpoint_state(self, state: dict[str, Any], ctx: RunContext) -> None:
         if f"{self.key}.pseudo_labels" not in state:

@@ -20,8 +20,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from clustkit import (ClusterContrastConfig, ComponentConfig, HeadRef, InstanceContrastConfig, LossConfig, Registry,
-                      View, hookimpl)
+from clustkit import (
+    ClusterContrastConfig,
+    ComponentConfig,
+    HeadRef,
+    InstanceContrastConfig,
+    LossConfig,
+    Registry,
+    View,
+    hookimpl,
+)
 from clustkit.nn.configs import ProjectionHeadConfig
 
 F = "clustkit_iciclegcn."
@@ -46,8 +54,10 @@ class GCNRefinerConfig(ComponentConfig):
     normalization: Literal["sym", "row"] = Field(
         "sym", description="D^-1/2 (A+I) D^-1/2 (paper) or D^-1 (A+I) (code, as SDCN)")
     knn_backend: Literal["auto", "faiss", "torch"] = "auto"
-    sigma: float = Field(0.4, ge=0, le=1, description="weight of the stream's own previous GCN layer (paper 0.4, code 0.5)")
-    gamma: float = Field(0.2, ge=0, le=1, description="weight of the other stream's previous GCN layer (paper and code 0.2)")
+    sigma: float = Field(
+        0.4, ge=0, le=1, description="weight of the stream's own previous GCN layer (paper 0.4, code 0.5)")
+    gamma: float = Field(
+        0.2, ge=0, le=1, description="weight of the other stream's previous GCN layer (paper and code 0.2)")
     ae_weight: float | None = Field(
         None, ge=0, description="weight of the AE layer; None = 1 - sigma - gamma (paper 0.4); the code uses 0.5")
     share_weights: bool = Field(False, description="one set of GCN weights for both streams (code) or two (paper)")
@@ -67,7 +77,7 @@ class GCNRefinerConfig(ComponentConfig):
     log_every: int = Field(100, ge=0, description="iterations between progress lines (0 = none)")
 
     @model_validator(mode="after")
-    def _weights(self) -> "GCNRefinerConfig":
+    def _weights(self) -> GCNRefinerConfig:
         if self.ae_weight is None and self.sigma + self.gamma > 1 + 1e-9:
             raise ValueError(f"sigma + gamma = {self.sigma + self.gamma} > 1; set ae_weight explicitly")
         return self

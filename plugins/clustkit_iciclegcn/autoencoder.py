@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -22,9 +23,9 @@ class JCSlimAE(nn.Module):
         super().__init__()
         dims = [in_dim, *hidden, n_clusters]
         self.dims = dims
-        self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
         rdims = dims[::-1]
-        self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(rdims[:-1], rdims[1:]))
+        self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(rdims))
         self.out_dim = n_clusters
 
     def encode_layers(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -63,7 +64,7 @@ class Trident(nn.Module):
         dims = [*ae.dims, n_clusters]  # d, hidden…, K, K
 
         def stream() -> nn.ModuleList:
-            return nn.ModuleList(GCNLayer(a, b, generator) for a, b in zip(dims[:-1], dims[1:]))
+            return nn.ModuleList(GCNLayer(a, b, generator) for a, b in itertools.pairwise(dims))
 
         self.gcn_a = stream()
         self.gcn_b = None if share_weights else stream()

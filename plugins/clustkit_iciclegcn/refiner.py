@@ -15,6 +15,7 @@ from clustkit.cluster.metrics import evaluate_clustering
 from .autoencoder import JCSlimAE
 from .gcn import Trident, build_graphs, kl_to, student_t, target_distribution
 
+
 class GCNRefiner:
     """Stage 2 (M-GCN), a ``[refine.<id>]`` stage: ``refine`` trains it and returns its labels.
 
@@ -142,7 +143,8 @@ class GCNRefiner:
 
     # -- final labels ------------------------------------------------------------------------
     def _diagnostics(self, ctx: RunContext) -> dict[str, Any]:
-        extra: dict[str, Any] = {"gcn_iterations": self.iteration, **{k: round(v, 6) for k, v in self.last_losses.items()}}
+        extra: dict[str, Any] = {"gcn_iterations": self.iteration,
+                                 **{k: round(v, 6) for k, v in self.last_losses.items()}}
         extra.update({f"gcn_{k}": round(v, 3) for k, v in self.timings.items()})
         if self.resumed_at is not None:
             extra["gcn_resumed_at"] = self.resumed_at

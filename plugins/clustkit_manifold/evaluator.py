@@ -13,7 +13,8 @@ from clustkit.cluster.selection import agreement_scores
 from clustkit.cluster.votes import extend_by_neighbors
 
 
-def cluster_embedding(z: np.ndarray, k: int, method: str, n_init: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+def cluster_embedding(z: np.ndarray, k: int, method: str, n_init: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray, float]:
     """(labels, confidence, fit score) of a GMM with full covariances (the largest posterior;
     the per-sample log-likelihood bound) or of k-means (1.0; minus the inertia)."""
     if method == "gmm":

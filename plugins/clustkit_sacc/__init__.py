@@ -17,8 +17,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from clustkit import (ClusterContrastConfig, ComponentConfig, InstanceContrastConfig, Pair, Registry, hookimpl,
-                      with_defaults)
+from clustkit import (
+    ClusterContrastConfig,
+    ComponentConfig,
+    InstanceContrastConfig,
+    Pair,
+    Registry,
+    hookimpl,
+    with_defaults,
+)
 from clustkit.nn.configs import AffineParams
 
 #: FixMatch-style RandAugment pool used by SACC's strong view (docs/methods/sacc.md).

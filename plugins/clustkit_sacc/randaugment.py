@@ -32,7 +32,7 @@ defaults in FixMatch), about the image centre rather than PIL's top-left corner.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -28,7 +29,8 @@ class SACCViews:
 
     def __init__(self, cfg: Any, ctx: BuildContext):
         overlap = set(cfg.weak_names) & set(cfg.strong_names)
-        if overlap or len(set(cfg.weak_names)) != len(cfg.weak_names) or len(set(cfg.strong_names)) != len(cfg.strong_names):
+        if (overlap or len(set(cfg.weak_names)) != len(cfg.weak_names)
+                or len(set(cfg.strong_names)) != len(cfg.strong_names)):
             raise ctx.error("", f"view names must be unique, got weak_names={cfg.weak_names} and "
                             f"strong_names={cfg.strong_names}.")
         self.cfg = cfg

@@ -94,8 +94,8 @@ class SelfLabelRefiner:
         if cfg.view is not None and names and cfg.view not in names:
             raise ValueError(f"view = {cfg.view!r} is not a view of the recipe's [views]; it makes {', '.join(names)}")
         if cfg.head in ctx.recipe.heads:
-            raise ValueError(f"head = {cfg.head!r} is already a [heads.{cfg.head}] of the recipe; give the stage's head "
-                             "a name of its own")
+            raise ValueError(f"head = {cfg.head!r} is already a [heads.{cfg.head}] of the recipe; "
+                             "give the stage's head a name of its own")
         with torch.random.fork_rng(devices=[]):  # adding the stage leaves training's random stream alone
             torch.manual_seed(ctx.seed * 7919 + 29)
             self.module = MLPHead(ctx.backbone_dim, list(cfg.hidden), ctx.n_clusters, output="softmax")
@@ -152,8 +152,8 @@ class SelfLabelRefiner:
             self.history.append({"step": self.step, "selected": 0, "kept_previous": True})
             return
         self.selected, self.targets = chosen, clusters
-        self.history.append({"step": self.step, "selected": int(len(chosen)),
-                             "clusters": int(len(np.unique(clusters[chosen])))})
+        self.history.append({"step": self.step, "selected": len(chosen),
+                             "clusters": len(np.unique(clusters[chosen]))})
 
     def _reselect(self, ctx: RunContext) -> None:
         """Re-select from the head's own probabilities: the top of each cluster (SPICE)."""

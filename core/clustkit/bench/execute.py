@@ -93,7 +93,7 @@ class Executor:
             if self.in_process:
                 raise
             return t
-        except Exception as exc:  # noqa: BLE001 (never lose the other runs to one run's problem)
+        except Exception as exc:
             t.status, t.error = "failed", f"{type(exc).__name__}: {exc}"
             return t
         t.resources = read_json(t.dir / RESOURCES)
@@ -155,7 +155,7 @@ class Executor:
                 except UserError as exc:
                     print(f"error: {exc}")
                     t.status, t.error = "failed", str(exc)
-                except Exception as exc:  # noqa: BLE001 (a crash is this run's failure, as in a child process)
+                except Exception as exc:
                     traceback.print_exc()
                     t.status, t.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:

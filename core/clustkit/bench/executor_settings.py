@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,7 +46,7 @@ class SlurmSettings(_Settings):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    additional_parameters: dict[str, Union[bool, int, float, str]] = Field(
+    additional_parameters: dict[str, bool | int | float | str] = Field(
         default_factory=dict, description="any other sbatch option, e.g. {mail-type = \"END\"}")
 
 

@@ -265,7 +265,8 @@ def _bench_error(file: str, exc: ValidationError) -> BenchFileError:
     error = validation_error(file, exc, BenchFile, error=BenchFileError)
     err = exc.errors()[0]
     if err["type"] == "string_type" and list(err["loc"][:2]) == ["bench", "recipes"]:
-        error = BenchFileError(file, error.key, "must be a recipe path or a table {path = ..., label = ..., set = [...]}.")
+        error = BenchFileError(file, error.key,
+                               "must be a recipe path or a table {path = ..., label = ..., set = [...]}.")
     return error
 
 

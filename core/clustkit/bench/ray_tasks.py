@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from clustkit.bench.executor_settings import RaySettings
 from clustkit.bench.remote import Remote, run_remote

@@ -232,4 +232,5 @@ def write_all(out: Path, meta: dict[str, Any], cells: list[dict[str, Any]], axes
     write_csv(out / "results.csv", cells, axes)
     write_runs_csv(out / "runs.csv", cells)
     atomic_write(out / "results.md", markdown(meta, cells))
-    plot(out / "results.png", f"bench {meta['name']}: mean ± std over seeds {', '.join(map(str, meta['seeds']))}", cells)
+    plot(out / "results.png",
+         f"bench {meta['name']}: mean ± std over seeds {', '.join(map(str, meta['seeds']))}", cells)

@@ -166,9 +166,9 @@ class Bench:
 def prepare(o: BenchOptions) -> Bench:
     """The plan of ``o`` (a new one, or the one saved in ``o.out``), its executor, and the state of every run;
     raises UserError (a BenchFileError names the file and key) before anything runs."""
+    from clustkit.bench.errors import BenchFileError
     from clustkit.bench.execute import Executor
     from clustkit.bench.executor_settings import choose_executor, require
-    from clustkit.bench.errors import BenchFileError
     from clustkit.bench.plan import build_plan, read_plan, select
     from clustkit.bench.tasks import plan_tasks
 

@@ -7,8 +7,9 @@ logs in ``<bench>/slurm``. ``cluster = "local"`` sends the same jobs to submitit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from clustkit.bench.executor_settings import SlurmSettings
 from clustkit.bench.remote import Remote, run_remote

@@ -20,7 +20,8 @@ from clustkit.errors import UserError
 from clustkit.recipe import load_recipe  # also clustkit.cli.app.load_recipe, for older callers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="clustkit: deep image clustering with contrastive learning, built from plugins and TOML recipes.")
+                  help="clustkit: deep image clustering with contrastive learning, "
+                       "built from plugins and TOML recipes.")
 
 SET_HELP = "Override a recipe key: --set optimizer.lr=1e-3 (repeatable; values are TOML)."
 RECIPE_HELP = "Recipe TOML file, or the name of a shipped recipe such as cc or cifar10/sacc (see `clustkit recipes`)."
@@ -38,14 +39,16 @@ def run(
     recipe: Annotated[str, typer.Argument(help=RECIPE_HELP)],  # str: typer's Path would drop the "./" of ./cc
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/<recipe>-<time>).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help=SET_HELP)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     threads: Annotated[int, typer.Option("--threads", min=0, help=THREADS_HELP)] = 0,
 ) -> None:
     """Train and evaluate a recipe; write recipe.toml, metrics.jsonl, summary.json, assignments.csv."""
     try:
         loaded, plugins = load_recipe(recipe, set_ or [])
         if resume and out is None:  # never guess which run to continue
-            raise UserError("--resume needs --out naming the run folder to continue (e.g. --out runs/cc-20261130-2042).")
+            raise UserError("--resume needs --out naming the run folder to continue "
+                            "(e.g. --out runs/cc-20261130-2042).")
         out_dir = out or _default_out(Path(loaded.path))
         if not resume and (out_dir / CHECKPOINT).exists():
             raise UserError(f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, "
@@ -174,11 +177,12 @@ def _show_components(ps: Any, name: str, as_json: bool) -> None:
                                  "factory": qualified_name(spec.factory), "config": qualified_name(spec.config)}
         try:
             entry["fields"] = [asdict(f) for f in config_fields(spec.config_model())]
-        except Exception as exc:  # noqa: BLE001 (one broken config must not hide the others)
+        except Exception as exc:
             entry["fields"], entry["error"] = [], f"{type(exc).__name__}: {exc}"
         problem = spec.factory_problem()
         if problem is not None:
-            entry["error"] = "; ".join(p for p in (entry.get("error"), f"{problem} (registered at {spec.shown_where()})") if p)
+            entry["error"] = "; ".join(p for p in (entry.get("error"),
+                                                   f"{problem} (registered at {spec.shown_where()})") if p)
         comps.append(entry)
     if as_json:
         typer.echo(json.dumps({"name": name, "plugin": plugin, "components": to_jsonable_python(comps)}, indent=2))

@@ -34,7 +34,7 @@ def child_main() -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 (a crash is this run's failure: the log gets its traceback)
+    except BaseException:
         traceback.print_exc()
         code = 1
     finally:

@@ -38,7 +38,8 @@ def write_table(columns: dict[str, Any], path: Path) -> None:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise UserError(f"writing {path} needs pyarrow: pip install 'clustkit[parquet]' (or use a .csv name).") from None
+            raise UserError(f"writing {path} needs pyarrow: pip install 'clustkit[parquet]' "
+                            "(or use a .csv name).") from None
         arrays = {k: pa.array(list(v) if isinstance(v, np.ndarray) and v.ndim == 2 else v) for k, v in columns.items()}
         atomic_write(path, lambda fh: pq.write_table(pa.table(arrays), fh))
         return
@@ -74,8 +75,10 @@ def predict(
         help="Image files and/or folders of images (searched recursively); none: the run's dataset, with --set "
              "overrides.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV file (or .parquet, with pyarrow).")] = PREDICTIONS,
-    embedding: Annotated[bool, typer.Option("--embedding", help="Also write the features the assignment read.")] = False,
-    copy_to: Annotated[Path | None, typer.Option("--copy-to", help="Copy each image file into DIR/cluster_<k>/.")] = None,
+    embedding: Annotated[bool, typer.Option(
+        "--embedding", help="Also write the features the assignment read.")] = False,
+    copy_to: Annotated[Path | None, typer.Option(
+        "--copy-to", help="Copy each image file into DIR/cluster_<k>/.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", "-s", help=DATA_HELP + " Without IMAGES: the dataset to predict.")] = None,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
@@ -116,8 +119,8 @@ def predict(
         fail(exc)
         return
     unreadable = int((result.clusters < 0).sum())
-    typer.echo(f"wrote {out}: {len(result.clusters) - unreadable} images in {len(set(result.clusters.tolist()) - {-1})} "
-               f"clusters (rule: {run.rule} on {run.space})"
+    typer.echo(f"wrote {out}: {len(result.clusters) - unreadable} images in "
+               f"{len(set(result.clusters.tolist()) - {-1})} clusters (rule: {run.rule} on {run.space})"
                + (f"; {unreadable} unreadable file(s): cluster -1, no confidence" if unreadable else "")
                + (f"; copies in {copy_to}" if copy_to else ""))
 
@@ -125,7 +128,8 @@ def predict(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help=RUN_HELP)],
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", "-s", help=DATA_HELP + " Or another evaluation of the same network: --set evaluation.vote_k=10.")] = None,
+        "--set", "-s",
+        help=DATA_HELP + " Or another evaluation of the same network: --set evaluation.vote_k=10.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the result as JSON to this file.")] = None,
     probes: Annotated[bool, typer.Option(

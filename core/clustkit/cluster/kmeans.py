@@ -31,20 +31,21 @@ __all__ = ["KMeansResult", "kmeans", "torch_kmeans"]
 
 @dataclass
 class KMeansResult:
-    """Outcome of one k-means run (best of ``n_init``).
+    """Outcome of one grouping: of k-means, the best of ``n_init`` runs.
 
     ``inertia`` is the sum of squared Euclidean distances to the assigned
     centroid, or the sum of ``1 - cos`` in spherical mode, recomputed exactly
     from ``labels`` and ``centroids``. ``n_iter`` counts Lloyd iterations of the
-    kept run.
+    kept run. A grouper of another method gives ``labels`` and ``centroids`` (each
+    group's mean when it has no centres) and may leave the rest at their defaults.
     """
 
     labels: np.ndarray
     centroids: np.ndarray
-    inertia: float
-    backend: str
-    n_iter: int
-    n_empty: int
+    inertia: float = float("nan")
+    backend: str = ""
+    n_iter: int = 0
+    n_empty: int = 0
 
 
 def kmeans(

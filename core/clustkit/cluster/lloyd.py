@@ -312,7 +312,7 @@ def _lloyd(
     rows = _shards(rows, x.shape[0])
     nearest = assign or (lambda x, x_sq, c: _assign(x, x_sq, c, spherical, chunk))
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - the last value is the iteration count returned below
         labels, dist = nearest(x, x_sq, centers)
         _repair_empty(x, x_sq, centers, labels, dist, spherical, rows)
         new = _update_centers(x, labels, centers, spherical, rows)

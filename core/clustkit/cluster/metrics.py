@@ -12,7 +12,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
-__all__ = ["METRIC_KEYS", "to_numpy", "cluster_acc", "evaluate_clustering", "cluster_sizes"]
+__all__ = ["METRIC_KEYS", "cluster_acc", "cluster_sizes", "evaluate_clustering", "to_numpy"]
 
 #: what :func:`evaluate_clustering` returns, in the order tables and curves show them
 METRIC_KEYS = ("acc", "nmi", "ari", "ami")
@@ -27,9 +27,8 @@ def to_numpy(a: Any) -> np.ndarray:
 
 def _as_int_vector(a: Any, name: str) -> np.ndarray:
     v = to_numpy(a).reshape(-1)
-    if v.size and not np.issubdtype(v.dtype, np.integer):
-        if not np.all(np.equal(np.mod(v, 1), 0)):
-            raise ValueError(f"{name} must contain integers")
+    if v.size and not np.issubdtype(v.dtype, np.integer) and not np.all(np.equal(np.mod(v, 1), 0)):
+        raise ValueError(f"{name} must contain integers")
     return v.astype(np.int64, copy=False)
 
 

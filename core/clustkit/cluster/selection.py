@@ -110,7 +110,7 @@ def neighbor_scores(candidates: dict[str, np.ndarray], query: np.ndarray,
 
 def clusters_used(labels: np.ndarray) -> int:
     labels = np.asarray(labels)
-    return int(len(np.unique(labels[labels >= 0])))
+    return len(np.unique(labels[labels >= 0]))
 
 
 def select(candidates: dict[str, np.ndarray], criterion: str, recipe: str,

@@ -21,7 +21,7 @@ torch and faiss are imported lazily, as in the rest of ``clustkit.cluster``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,7 +59,7 @@ class ShardedKMeansResult(KMeansResult):
     whole matrix); ``centroids``, ``inertia``, ``n_iter`` and ``n_empty`` are global and the same
     on every rank."""
 
-    shards: RowShards
+    shards: RowShards = field(kw_only=True)
 
     def gathered(self) -> KMeansResult:
         """The result with every rank's labels, N int64 in row order (collective): what one

@@ -13,22 +13,22 @@ import inspect
 import os
 from collections.abc import Callable
 
-from .base import UNREADABLE, ClusterDataset, DatasetError, FolderDataset, InMemoryDataset
 from .arrays import load_coil20, load_digits, load_fashion_mnist, load_kmnist, load_mnist, load_stl10, load_usps
+from .base import UNREADABLE, ClusterDataset, DatasetError, FolderDataset, InMemoryDataset
 from .cifar import load_cifar10, load_cifar100
 from .folder import load_image_folder, load_imagenet10, load_imagenet_dogs, load_tiny_imagenet
 from .memory import InMemory, place
 from .shards import TarShardDataset, load_webdataset
 
 __all__ = [
-    "ClusterDataset",
-    "InMemoryDataset",
-    "FolderDataset",
-    "TarShardDataset",
-    "DatasetError",
-    "UNREADABLE",
     "DATASETS",
     "SPLITS",
+    "UNREADABLE",
+    "ClusterDataset",
+    "DatasetError",
+    "FolderDataset",
+    "InMemoryDataset",
+    "TarShardDataset",
     "load_dataset",
 ]
 

@@ -327,7 +327,10 @@ def load_stl10(root=None, *, image_size=None, split="all", channels=None, unlabe
     ``unlabeled=True`` appends the 100,000 unlabelled images with label -1; ``split="unlabeled"``
     loads only those (the extra pass of CC's STL-10 protocol: recipe section ``[unlabeled]``).
     """
-    expected = "the torchvision layout stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin[,unlabeled_X.bin]} under the root."
+    expected = (
+        "the torchvision layout stl10_binary/{train_X.bin,train_y.bin,test_X.bin,test_y.bin[,unlabeled_X.bin]} "
+        "under the root."
+    )
     base = check_root("stl10", root, expected)
     if split == "unlabeled":
         splits, unlabeled = [], True

@@ -14,10 +14,10 @@ from clustkit.errors import UserError
 
 __all__ = [
     "UNREADABLE",
-    "DatasetError",
     "ClusterDataset",
-    "InMemoryDataset",
+    "DatasetError",
     "FolderDataset",
+    "InMemoryDataset",
     "as_size",
     "resize_images",
 ]

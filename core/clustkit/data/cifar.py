@@ -15,8 +15,8 @@ import numpy as np
 
 from clustkit.atomic import atomic_write
 
-from .base import DatasetError, InMemoryDataset, check_root
 from .arrays import finish, resolve_splits
+from .base import DatasetError, InMemoryDataset, check_root
 
 CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -206,9 +206,11 @@ def _decode_tar(archive: Path) -> dict[str, np.ndarray]:
                     )
                 data = tar.extractfile(member).read()
                 key = (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
-                found[parts[-3]].append((CIFAR10_CLASSES.index(cls), key, _decode_bytes(data, f"{archive}:{member.name}")))
+                found[parts[-3]].append((CIFAR10_CLASSES.index(cls), key,
+                                         _decode_bytes(data, f"{archive}:{member.name}")))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise DatasetError(f"dataset 'cifar10': cannot read the archive {archive}: {exc}. Expected {_EXPECTED10}") from exc
+        raise DatasetError(f"dataset 'cifar10': cannot read the archive {archive}: {exc}. "
+                           f"Expected {_EXPECTED10}") from exc
     out = {}
     for split, items in found.items():
         present = {c for c, _, _ in items}
@@ -313,7 +315,8 @@ def load_cifar100(root=None, *, image_size=None, split="all", channels=None, sup
         x = _pickle_images(entry, folder / s, "cifar100")
         fine = np.asarray(entry.get("fine_labels", []), dtype=np.int64)
         if fine.shape != (x.shape[0],):
-            raise DatasetError(f"dataset 'cifar100': {folder / s} has {x.shape[0]} images but fine_labels {fine.shape}.")
+            raise DatasetError(f"dataset 'cifar100': {folder / s} has {x.shape[0]} images "
+                               f"but fine_labels {fine.shape}.")
         if superclasses:
             coarse = entry.get("coarse_labels")
             y = np.asarray(coarse, dtype=np.int64) if coarse is not None else FINE_TO_COARSE[fine]

@@ -92,7 +92,8 @@ def build_folder_dataset(
         folders = [splits[s] for s in wanted if s in splits]
         if not folders:
             raise DatasetError(
-                f"dataset '{dataset}': {root} has no {split} folder (found {', '.join(p.name for p in splits.values())})."
+                f"dataset '{dataset}': {root} has no {split} folder "
+                f"(found {', '.join(p.name for p in splits.values())})."
             )
     else:
         if split != "all":
@@ -215,7 +216,9 @@ def load_tiny_imagenet(root=None, *, image_size=None, split="all", channels=3) -
     ``split="all"`` and ``"train"`` use the 100,000 training images (clustering protocol);
     ``"test"`` uses ``val/images`` labelled by ``val/val_annotations.txt``.
     """
-    expected = "the official layout train/<wnid>/images/*.JPEG (and val/images + val/val_annotations.txt for split='test')."
+    expected = (
+        "the official layout train/<wnid>/images/*.JPEG (and val/images + val/val_annotations.txt for split='test')."
+    )
     base = check_root("tiny_imagenet", root, expected)
     if split not in ("all", "train", "test"):
         raise DatasetError(f"dataset 'tiny_imagenet' has no split '{split}'. Expected one of: all, train, test.")

@@ -16,6 +16,7 @@ uncompressed tar files on a filesystem (local or network-mounted); the ``webdata
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import os
@@ -97,7 +98,8 @@ def _scan(shard: Path) -> list[tuple[str, int, int, int]]:
                     entry[2] = (m.offset_data, m.size, m.name)
     except tarfile.ReadError as exc:
         raise DatasetError(f"dataset 'webdataset': {shard} is not an uncompressed tar file ({exc}); shards are read "
-                           f"by random access, so compressed (.tar.gz) shards must be unpacked. Expected {EXPECTED}.") from None
+                           "by random access, so compressed (.tar.gz) shards must be unpacked. "
+                           f"Expected {EXPECTED}.") from None
     out = []
     fd = os.open(shard, os.O_RDONLY)
     try:
@@ -147,10 +149,8 @@ class TarShardDataset(FolderDataset):
     def __del__(self) -> None:
         if getattr(self, "_pid", None) == os.getpid():
             for fd in getattr(self, "_fds", {}).values():
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
 
 
 def _index(shards: list[Path]) -> tuple[list[int], list[int], list[int], list[str], list[int]]:

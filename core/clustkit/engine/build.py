@@ -201,7 +201,8 @@ def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started:
     device = pick_device(r.run.device)
     dist.init_from_env(device.type)
     if r.run.batch_size % dist.world_size():
-        raise RecipeError(r.path, "run.batch_size", f"must be divisible by the number of processes ({dist.world_size()}).")
+        raise RecipeError(r.path, "run.batch_size",
+                          f"must be divisible by the number of processes ({dist.world_size()}).")
     seed_everything(r.run.seed)
     if r.run.deterministic:
         torch.use_deterministic_algorithms(True)

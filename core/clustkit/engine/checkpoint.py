@@ -179,7 +179,8 @@ def restore_networks(run: RunState, state: dict[str, Any], path: Path, overrides
         raise UserError(
             f"{path} does not fit the network that {path.parent.parent / 'recipe.toml'} builds"
             f"{' with --set ' + overrides if overrides else ''}: {detail} An override may change the data or the "
-            "evaluation ([data], [evaluation], run.select), not the network ([backbone], [heads.*], [refine.*]).") from None
+            "evaluation ([data], [evaluation], run.select), not the network "
+            "([backbone], [heads.*], [refine.*]).") from None
     ctx.epoch, ctx.step = int(state["epoch"]), int(state["step"])
 
 

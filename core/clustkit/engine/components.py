@@ -11,8 +11,9 @@ leave out the arguments it does not need (as pluggy allowed hook implementations
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from clustkit.errors import PluginError
 from clustkit.plugin_system.interfaces import OPTIONAL, ROLES
@@ -129,9 +130,9 @@ def _accepted(obj: Any, method: str, offered: tuple[str, ...]) -> tuple[str, ...
 
 
 def _missing(key: str, spec: ComponentSpec, obj: Any, method: str, offered: tuple[str, ...]) -> str:
-    text = (f"{spec.kind} {spec.name!r} of [{key}] (plugin {spec.plugin!r}, registered at {spec.shown_where()}) built a "
-            f"{type(obj).__name__}, which has no {method}({', '.join(offered)}) method: the engine calls it directly "
-            f"for every {spec.kind} (docs/api.md, 'Components').")
+    text = (f"{spec.kind} {spec.name!r} of [{key}] (plugin {spec.plugin!r}, registered at {spec.shown_where()}) "
+            f"built a {type(obj).__name__}, which has no {method}({', '.join(offered)}) method: the engine calls it "
+            f"directly for every {spec.kind} (docs/api.md, 'Components').")
     if spec.kind == "refiner" and hasattr(obj, "after_training"):
         text += (" Since clustkit 0.2 a [refine.<id>] stage is refine(previous, ctx) -> Prediction, called in recipe "
                  "order: move the body of after_training into refine, return the Prediction its evaluate returned "

@@ -58,7 +58,8 @@ def extract_spaces_shard(run: RunState, spaces: list[str], *, momentum: bool = F
 
 
 @torch.no_grad()
-def forward(run: RunState, spaces: list[str], momentum: bool, indices: Any, source: BatchSource) -> dict[str, torch.Tensor]:
+def forward(run: RunState, spaces: list[str], momentum: bool, indices: Any,
+            source: BatchSource) -> dict[str, torch.Tensor]:
     """The network on the evaluation view of ``indices`` (None: every item), in order, on the CPU."""
     ctx = run.ctx
     net = ctx.momentum_model if momentum else ctx.model

@@ -44,7 +44,7 @@ def group(run: RunState, features: Any, n_groups: int, *, spherical: bool, seed:
                               rows=None, ctx=run.ctx)
         if result is None or not hasattr(result, "labels"):
             raise PluginError(f"{grouper.describe()} returned {type(result).__name__} from assign_groups; it must "
-                              "return a KMeansResult (labels, centroids, inertia).")
+                              "return an object with labels and centroids: a clustkit.KMeansResult (docs/api.md).")
     return dist.broadcast_object(result)
 
 

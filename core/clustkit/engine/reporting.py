@@ -32,7 +32,8 @@ def dataset_images(dataset: Any):
     """``images(indices) -> uint8 N×C×H×W``, as the report draws them."""
 
     def images(indices: np.ndarray) -> np.ndarray:
-        return np.stack([dataset[int(i)][0].numpy() for i in indices]) if len(indices) else np.zeros((0, 1, 1, 1), np.uint8)
+        return (np.stack([dataset[int(i)][0].numpy() for i in indices]) if len(indices)
+                else np.zeros((0, 1, 1, 1), np.uint8))
 
     return images
 

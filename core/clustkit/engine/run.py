@@ -182,12 +182,12 @@ class Run:
                 check_finite(ctx, losses)
                 logs = dict(losses)
                 run.hooks.hook.on_epoch_end(ctx=ctx, logs=logs)
-                values = {k: v for k, v in logs.items() if k not in losses}  # what components added
+                values = {k: v for k, v in logs.items() if k not in losses}  # what components added; the losses stay
                 dist.broadcast_buffers(ctx.model)
                 ctx.epoch += 1
                 seconds = time.perf_counter() - started
                 entry: dict[str, Any] = {"epoch": ctx.epoch, "step": ctx.step,
-                                         "losses": {k: logs[k] for k in losses}, "lr": current_lr(run),
+                                         "losses": losses, "lr": current_lr(run),
                                          "images_per_s": round(images / max(seconds, 1e-9), 1),
                                          "epoch_s": round(seconds, 3)}
                 if values:
@@ -237,7 +237,7 @@ class Run:
             "dataset": getattr(ctx.dataset, "name", r.data.name),
             "n_samples": len(ctx.dataset),
             "n_clusters": ctx.n_clusters,
-            "n_clusters_used": int(len(np.unique(assigned))),
+            "n_clusters_used": len(np.unique(assigned)),
             "evaluation": pred.name,  # the chosen candidate (run.select)
             "assign": {"rule": pred.rule, "space": pred.assign_space, "momentum": pred.assign_momentum},
             "epochs": ctx.epoch,

@@ -22,7 +22,8 @@ def nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float = 0.5) -> t
     similarities are cosines divided by ``temperature``.
     """
     if z_a.shape != z_b.shape or z_a.dim() != 2:
-        raise ValueError(f"nt_xent expects two N×D tensors of equal shape, got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
+        raise ValueError("nt_xent expects two N×D tensors of equal shape, "
+                         f"got {tuple(z_a.shape)} and {tuple(z_b.shape)}")
     n = z_a.shape[0]
     if n < 2:
         raise ValueError("nt_xent needs at least 2 samples per batch (no negatives otherwise)")
@@ -53,7 +54,8 @@ def cluster_contrast(p_a: torch.Tensor, p_b: torch.Tensor, temperature: float = 
     ``entropy_weight * (log K - H(p^v))`` which prevents the trivial one-cluster solution.
     """
     if p_a.shape != p_b.shape or p_a.dim() != 2:
-        raise ValueError(f"cluster_contrast expects two N×K tensors of equal shape, got {tuple(p_a.shape)} and {tuple(p_b.shape)}")
+        raise ValueError("cluster_contrast expects two N×K tensors of equal shape, "
+                         f"got {tuple(p_a.shape)} and {tuple(p_b.shape)}")
     k = p_a.shape[1]
     c = F.normalize(torch.cat([p_a.t(), p_b.t()], dim=0), dim=1)
     sim = c @ c.t() / temperature

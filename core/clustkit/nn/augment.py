@@ -14,7 +14,7 @@ model, and on a GPU a batch is a handful of kernels rather than thousands.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,8 @@ def simclr_augment(size: int, channels: int, crop_scale: tuple[float, float],
 
 
 def weak_pipeline(size: int, channels: int, strength: float = 0.5, blur: bool = False,
-                  crop_scale: tuple[float, float] = (0.08, 1.0), normalize: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+                  crop_scale: tuple[float, float] = (0.08, 1.0),
+                  normalize: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """CC's weak view of a batch: RandomResizedCrop, flip, colour jitter (0.8s, 0.8s, 0.8s, 0.2s)
     with p=0.8, grayscale p=0.2, Gaussian blur p=0.5 (ImageNet-10/Dogs only), no normalisation by
     default (CC passes no mean/std)."""

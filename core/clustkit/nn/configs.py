@@ -36,7 +36,8 @@ class NamedViewsConfig(ComponentConfig):
 
 
 class PipelineViewsConfig(NamedViewsConfig):
-    """SimCLR-style views with per-image random parameters: random resized crop, flip, colour jitter, grey, optional blur."""
+    """SimCLR-style views with per-image random parameters: random resized crop, flip, colour jitter, grey,
+    optional blur."""
 
     size: int | None = Field(None, ge=4, description="crop size; default: the dataset's image size")
     strength: float = Field(0.5, ge=0, description="colour-jitter s, jitter (0.8s, 0.8s, 0.8s, 0.2s) with p=0.8: "

@@ -8,12 +8,13 @@ components its recipe selected.
 Environment variables (datasette/llm/tox conventions):
 
 * ``CLUSTKIT_LOAD_PLUGINS=a,b`` loads only these entry points (empty string: none);
-* ``CLUSTKIT_DISABLE_PLUGINS=a,b`` blocks these;
+* ``CLUSTKIT_DISABLE_PLUGINS=a,b`` blocks these, entry points and loose files alike;
 * ``CLUSTKIT_STRICT_PLUGINS=1`` re-raises a plugin's import error instead of warning;
 * ``CLUSTKIT_TRACE_PLUGINS=1`` prints every hook call to stderr;
 * ``CLUSTKIT_PLUGINS_DIR=dir`` also loads every ``*.py`` file in ``dir`` as a plugin named
   after the file (local plugins without packaging, as datasette's ``--plugins-dir``); the file
-  is imported as the top-level module of that name, so ``"myloose:CosAlign"`` factories work.
+  is imported as the top-level module of that name, so ``"myloose:CosAlign"`` factories work;
+  its ``__version__``, when it has one, is the plugin's version.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class PluginSet:
             dist_name = dist.metadata["Name"] if dist is not None else None
             try:
                 plugin = ep.load()
-                self.register(plugin, ep.name, version, dist_name)
+                self.register(plugin, ep.name, version or getattr(plugin, "__version__", None), dist_name)
             except Exception as exc:  # isolation: one broken plugin must not brick the tool
                 if strict:
                     raise
@@ -125,18 +126,22 @@ class PluginSet:
                 )
         plugin_dir = os.environ.get("CLUSTKIT_PLUGINS_DIR")
         if plugin_dir:
-            self.load_directory(plugin_dir, strict)
+            self.load_directory(plugin_dir, strict, block)
 
-    def load_directory(self, directory: str, strict: bool = False) -> None:
-        """Load every ``*.py`` file of ``directory`` as a plugin named after the file."""
+    def load_directory(self, directory: str, strict: bool = False,
+                       block: set[str] | frozenset[str] = frozenset()) -> None:
+        """Load every ``*.py`` file of ``directory`` as a plugin named after the file, but those named in
+        ``block`` (``CLUSTKIT_DISABLE_PLUGINS``). Naming the folder asks for its files, so the entry
+        points' allow-list (``CLUSTKIT_LOAD_PLUGINS``) does not apply to them."""
         from pathlib import Path
 
         for path in sorted(Path(directory).glob("*.py")):
             name = path.stem
-            if name in self.info:
+            if name in self.info or name in block:
                 continue
             try:
-                self.register(_import_file(path), name, None, str(path))
+                module = _import_file(path)
+                self.register(module, name, getattr(module, "__version__", None), str(path))
             except Exception as exc:
                 if strict:
                     raise

@@ -15,8 +15,9 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import PydanticUndefined
@@ -121,11 +122,15 @@ def head_references(model: type[BaseModel]) -> list[tuple[str, bool]]:
     return refs
 
 
-def view_fields(model: type[BaseModel]) -> list[str]:
-    """Names of the fields of ``model`` holding view names: :data:`Pair` or :data:`View` values (also
-    inside ``list[...]`` and ``X | None``)."""
-    return [name for name, info in model.model_fields.items()
-            if _marker(info.annotation, list(info.metadata), (_ViewPair, _ViewName)) is not None]
+def view_fields(model: type[BaseModel]) -> list[tuple[str, bool]]:
+    """(name, holds pairs) of the fields of ``model`` holding view names: :data:`Pair` (True) or
+    :data:`View` (False) values, also inside ``list[...]``, ``tuple[...]`` and ``X | None``."""
+    out = []
+    for name, info in model.model_fields.items():
+        found = _marker(info.annotation, list(info.metadata), (_ViewPair, _ViewName))
+        if found is not None:
+            out.append((name, isinstance(found, _ViewPair)))
+    return out
 
 
 def declared_view_names(config: BaseModel) -> tuple[str, ...] | None:

@@ -37,7 +37,8 @@ def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[Any]]
             continue
         named = [n for n in nodes if getattr(n, "__name__", None) == part or str(n) == part]
         alternatives = [n for n in nodes if n is not type(None)]  # `Model | None` is one model, not a union of tags
-        if isinstance(part, str) and (named or len(alternatives) > 1) and not any(typing.get_origin(n) is dict for n in nodes):
+        if (isinstance(part, str) and (named or len(alternatives) > 1)
+                and not any(typing.get_origin(n) is dict for n in nodes)):
             nodes = named or nodes  # a union member's tag, not a key
             continue
         if isinstance(part, int):
@@ -60,7 +61,8 @@ def validation_error(file: str, exc: ValidationError, model: type[BaseModel], pr
     kind = err["type"]
     if kind == "extra_forbidden":
         _, parents = _walk(model, tuple(err["loc"])[:-1])
-        fields = sorted({f for n in parents if isinstance(n, type) and issubclass(n, BaseModel) for f in n.model_fields})
+        fields = sorted({f for n in parents if isinstance(n, type) and issubclass(n, BaseModel)
+                         for f in n.model_fields})
         msg, allowed = "unknown key.", (fields or None)
     elif kind == "missing":
         msg = "is required but missing."

@@ -18,12 +18,17 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from clustkit.errors import RecipeError
-from clustkit.plugin_system.registry import (Registry, declared_view_names, head_references, unknown_view,
-                                              view_fields)
+from clustkit.plugin_system.registry import Registry, declared_view_names, head_references, unknown_view, view_fields
 from clustkit.recipe.errors import validation_error
-from clustkit.recipe.schema import (COMPONENT_SECTIONS, CORE_SECTIONS, DEFAULT_GROUPING, TOP_LEVEL, MomentumSection,
-                                    Recipe, RunSection)
-
+from clustkit.recipe.schema import (
+    COMPONENT_SECTIONS,
+    CORE_SECTIONS,
+    DEFAULT_GROUPING,
+    TOP_LEVEL,
+    MomentumSection,
+    Recipe,
+    RunSection,
+)
 
 # --- loading ------------------------------------------------------------------------------
 
@@ -63,7 +68,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str | None 
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise RecipeError(file, ".".join(parts[: i + 1]), "is a value, not a table, so --set cannot go inside it.")
+                raise RecipeError(file, ".".join(parts[: i + 1]),
+                                  "is a value, not a table, so --set cannot go inside it.")
             node = child
         node[parts[-1]] = value
     return data
@@ -129,7 +135,8 @@ def validate(raw: dict[str, Any], registry: Registry, file: str = "<recipe>") ->
             continue
         if table:
             if not isinstance(data, dict) or any(not isinstance(v, dict) for v in data.values()):
-                raise RecipeError(file, key, f"must be a table of named {kind} tables, e.g. [{key}.<id>] with name = ...")
+                raise RecipeError(file, key,
+                                  f"must be a table of named {kind} tables, e.g. [{key}.<id>] with name = ...")
             comps[key] = {k: _component(file, f"{key}.{k}", kind, v, registry) for k, v in data.items()}
         else:
             comps[key] = _component(file, key, kind, data, registry)
@@ -149,15 +156,18 @@ def _check_references(recipe: Recipe, file: str) -> None:
             ref = getattr(cfg, attr)
             if isinstance(ref, str) and ref not in recipe.heads and not (allow_backbone and ref == "backbone"):
                 allowed = ["backbone", *heads] if allow_backbone else heads
-                raise RecipeError(file, f"{key}.{attr}", f"names head {ref!r}, which the recipe does not define.", allowed)
+                raise RecipeError(file, f"{key}.{attr}", f"names head {ref!r}, which the recipe does not define.",
+                                  allowed)
     _check_view_pairs(recipe, file)
     if recipe.momentum is not None:
         for ref in recipe.momentum.heads:
             if ref not in recipe.heads:
-                raise RecipeError(file, "momentum.heads", f"names head {ref!r}, which the recipe does not define.", heads)
+                raise RecipeError(file, "momentum.heads", f"names head {ref!r}, which the recipe does not define.",
+                                  heads)
     if recipe.unlabeled is not None and not recipe.run.unlabeled_losses:
         raise RecipeError(file, "run.unlabeled_losses", "is required with an [unlabeled] section: which loss terms "
-                          "train on the unlabelled images (CC's STL-10 protocol: the instance loss).", sorted(recipe.losses))
+                          "train on the unlabelled images (CC's STL-10 protocol: the instance loss).",
+                          sorted(recipe.losses))
     if recipe.run.unlabeled_losses and recipe.unlabeled is None:
         raise RecipeError(file, "run.unlabeled_losses", "is set but the recipe has no [unlabeled] section (the dataset "
                           "of the unlabelled pass).")
@@ -171,14 +181,21 @@ def _check_references(recipe: Recipe, file: str) -> None:
 
 
 def _pairs(value: Any, key: str) -> list[tuple[str, Any]]:
-    """(key path, views) of every view pair or view name in a :data:`Pair` or :data:`View` field's value
-    (a pair, a name, a list of them, None)."""
-    if isinstance(value, str):
-        return [(key, [value])]
+    """(key path, pair) of every view pair in a :data:`Pair` field's value (a pair, a list of them, None)."""
     if isinstance(value, (tuple, list)) and value and all(isinstance(v, str) for v in value):
         return [(key, value)]
     if isinstance(value, (tuple, list)):
         return [found for i, v in enumerate(value) for found in _pairs(v, f"{key}[{i}]")]
+    return []
+
+
+def _names(value: Any, key: str) -> list[tuple[str, Any]]:
+    """(key path, [name]) of every view name in a :data:`View` field's value (a name, a list or tuple of
+    them, None): each element of a list named by its index."""
+    if isinstance(value, str):
+        return [(key, [value])]
+    if isinstance(value, (tuple, list)):
+        return [found for i, v in enumerate(value) for found in _names(v, f"{key}[{i}]")]
     return []
 
 
@@ -189,8 +206,9 @@ def _check_view_pairs(recipe: Recipe, file: str) -> None:
     if names is None:
         return
     for key, _, cfg in recipe.components:
-        for attr in view_fields(type(cfg)):
-            for where, pair in _pairs(getattr(cfg, attr), f"{key}.{attr}"):
+        for attr, pairs in view_fields(type(cfg)):
+            found = _pairs if pairs else _names
+            for where, pair in found(getattr(cfg, attr), f"{key}.{attr}"):
                 for view in pair:
                     if view not in names:
                         raise RecipeError(file, where, unknown_view(view, recipe.views.name), list(names))
@@ -205,8 +223,8 @@ def load(path: str | Path, registry: Registry, overrides: list[str] | None = Non
     if installed_plugins is not None:
         for i, need in enumerate(recipe.run.plugins):
             if need not in installed_plugins:
-                raise RecipeError(file, f"run.plugins[{i}]", f"needs plugin {need!r}, which is not installed or disabled.",
-                                  sorted(installed_plugins))
+                raise RecipeError(file, f"run.plugins[{i}]", f"needs plugin {need!r}, which is not installed "
+                                  "or disabled.", sorted(installed_plugins))
     return recipe
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from clustkit.data.base import FolderDataset
 from clustkit.data.folder import IMG_EXTENSIONS, is_image, walk_images

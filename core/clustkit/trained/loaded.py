@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,6 +211,11 @@ def load_run(folder: str | os.PathLike, *, overrides: Sequence[str] = (), device
         extra.append(f'run.device="{device}"')
     plugins = get_plugins()
     raw = read_toml(path / RECIPE)
+    missing = [p for p in (raw.get("run") or {}).get("plugins", []) if p not in plugins.info]
+    if missing:
+        raise UserError(f"{path / RECIPE} needs the plugin(s) {', '.join(map(repr, missing))} (run.plugins), which "
+                        "are not installed or are disabled here: the run's components come from them. Install them, "
+                        "or point CLUSTKIT_PLUGINS_DIR at the folder of a loose plugin file.")
     if written_by is None:  # clustkit 0.1 wrote every dataset option into recipe.toml
         raw = _without_unused_dataset_options(raw, plugins.registry)
     recipe = validate(apply_overrides(raw, extra, str(path / RECIPE)), plugins.registry, str(path / RECIPE))
