@@ -2,8 +2,8 @@
 UMAP on request (``run.report_embedding = "umap"``; it keeps more global structure).
 
 t-SNE is the default because of what each costs in the fresh process of a run: on the report's
-2,000 rows t-SNE takes about 3 s on one thread, UMAP about 7 s plus 2 s of import, most of it numba
-compiling umap-learn's functions (they are not cached between processes). On a 2-minute digits
+2,000 rows t-SNE takes about 3 s on one thread (about half on two), UMAP about 7 s plus 2 s of
+import, most of it numba compiling umap-learn's functions (they are not cached between processes). On a 2-minute digits
 run that is the difference between a map that costs 3 s and one that costs 9 s.
 
 Rows are L2-normalised first: clustering features are compared by cosine, and on unit vectors the
@@ -23,6 +23,14 @@ __all__ = ["MIN_POINTS", "embed_2d"]
 
 MIN_POINTS = 5  # below this neither method gives a meaningful picture
 TSNE_ITERATIONS = 500
+
+
+def _run_threads() -> int:
+    """The CPU threads of the run this report belongs to: torch's setting when torch is loaded, else 1."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return max(1, int(torch.get_num_threads())) if torch is not None else 1
 
 
 def _prepare(features: np.ndarray) -> np.ndarray:
@@ -51,9 +59,11 @@ def embed_2d(features: np.ndarray, seed: int = 0, method: Literal["tsne", "umap"
     from threadpoolctl import threadpool_limits
 
     # 500 iterations (250 of them early exaggeration) settle the picture at this size in half the
-    # time of the default 1000; one thread, because a report runs beside training or other work.
+    # time of the default 1000. The report comes after training, so it takes the threads the run
+    # was given (torch's setting: --threads, a bench's per-run threads), no more.
+    threads = _run_threads()
     tsne = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (n - 1) / 3),
-                max_iter=TSNE_ITERATIONS, n_jobs=1)
-    with threadpool_limits(limits=1):  # also keeps BLAS (t-SNE's PCA init, neighbours) on one thread
+                max_iter=TSNE_ITERATIONS, n_jobs=threads)
+    with threadpool_limits(limits=threads):  # the gradient's OpenMP loop and BLAS (PCA init, neighbours)
         xy = tsne.fit_transform(x)
     return np.asarray(xy, dtype=np.float64), "t-SNE"
