@@ -221,6 +221,44 @@ no-data = ['data = {{name = "usps", root = "{tmp_path / "nowhere"}"}}']
     assert "## Failures" in md and "losses.cluster.temperature" in md
 
 
+def test_a_published_figure_is_printed_beside_the_measured_one(tmp_path: Path) -> None:
+    """papers.toml's form: a recipe entry's `published` figure goes into the table, the report and results.json."""
+    f = tmp_path / "papers.toml"
+    f.write_text(f"""
+[bench]
+seeds = [0]
+set = {json.dumps(TINY)}
+[[bench.recipes]]
+path = {json.dumps(str(CC))}
+label = "paper"
+published = {{ acc = 0.79, nmi = 0.705, source = "CC, Table 2" }}
+[[bench.recipes]]
+path = {json.dumps(str(CC))}
+label = "plain"
+""")
+    out = tmp_path / "out"
+    code, output = bench(f, "--out", out, "--in-process")
+    assert code == 0, output
+    assert "published ACC" in output and "0.790" in output
+    cells = {c["id"]: c for c in results(out)["cells"]}
+    assert cells["paper"]["published"] == {"acc": 0.79, "nmi": 0.705, "source": "CC, Table 2"}
+    assert cells["plain"]["published"] is None
+    md = (out / "results.md").read_text()
+    section = md.split("## Beside the published figures")[1].split("## Runs")[0]
+    acc = cells["paper"]["metrics"]["acc"]["mean"]
+    assert f"| `paper` | {acc:.3f} | 0.790 | " in section and "| – | CC, Table 2 |" in section
+    assert "`plain`" not in section
+
+
+def test_a_published_figure_out_of_range_exits_2_naming_the_key(tmp_path: Path) -> None:
+    f = tmp_path / "bad.toml"
+    entry = f"{{ path = {json.dumps(str(CC))}, published = {{ acc = 79.0, source = 'x' }} }}"
+    f.write_text(f"[bench]\nrecipes = [{entry}]\n")
+    code, output = bench(f, "--out", tmp_path / "out", "--dry-run")
+    flat = " ".join(output.split())
+    assert code == 2 and "bench.recipes[0].published.acc" in flat and str(f) in flat, output
+
+
 def test_unset_environment_variable_fails_the_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLUSTKIT_BENCH_TEST_UNSET", raising=False)
     code, output = bench(CC, "--seeds", "0", "--set", 'data={name="usps", root="${CLUSTKIT_BENCH_TEST_UNSET}/usps"}',
@@ -267,6 +305,7 @@ SHIPPED_BENCH_FILES = sorted(p for p in (REPO / "benchmarks").rglob("*.toml") if
 def test_shipped_bench_files_are_valid(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every run of every shipped bench file validates (a dry run exits 0), before anyone spends hours on it."""
     monkeypatch.setenv("CLUSTKIT_SHARED_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("CLUSTKIT_DATA", str(tmp_path / "data"))  # the paper-setting recipes (papers.toml)
     code, output = bench(path, "--out", tmp_path / "out", "--dry-run")
     assert code == 0, output
     assert "failed" not in output

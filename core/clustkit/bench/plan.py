@@ -36,12 +36,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PublishedFigure(_Strict):
+    """A published result the recipe's cells are printed beside (fractions, as clustkit reports them)."""
+
+    source: str = Field(..., min_length=1, description="who published it: paper, table, protocol in brief")
+    acc: float | None = Field(None, ge=0, le=1)
+    nmi: float | None = Field(None, ge=0, le=1)
+    ari: float | None = Field(None, ge=-1, le=1)
+
+
 class RecipeEntry(_Strict):
     """A base recipe with an optional label (the cell-id prefix) and overrides of its own."""
 
     path: str = Field(..., description="recipe file, relative to the bench file, or a shipped recipe's name (cc)")
     label: str | None = Field(None, min_length=1, description="cell-id prefix; default: the file's stem")
     set: list[str] = Field(default_factory=list, description="--set overrides for this recipe's cells")
+    published: PublishedFigure | None = Field(
+        None, description="the paper's figure for this recipe, printed beside the measured one")
 
 
 class AxisEntry(_Strict):
@@ -114,6 +125,7 @@ class BaseRecipe:
     path: Path
     label: str
     overrides: list[str] = field(default_factory=list)
+    published: dict[str, Any] | None = None  # PublishedFigure as a dict: source, acc, nmi, ari
 
 
 @dataclass
@@ -162,7 +174,8 @@ class Plan:
         return {"name": self.name, "source": self.source, "description": self.description, "seeds": self.seeds,
                 "common": self.common, "cli": self.cli, "executor": self.executor,
                 "executor_options": self.executor_options,
-                "recipes": [{"path": str(r.path), "label": r.label, "set": r.overrides} for r in self.recipes],
+                "recipes": [{"path": str(r.path), "label": r.label, "set": r.overrides, "published": r.published}
+                            for r in self.recipes],
                 "axes": [{"name": a.name, "key": a.key, "options": [[lab, ovs] for lab, ovs in a.options]}
                          for a in self.axes]}
 
@@ -171,7 +184,8 @@ class Plan:
         return cls(name=d["name"], source=d["source"], description=d.get("description"), seeds=list(d["seeds"]),
                    common=list(d["common"]), cli=list(d.get("cli", [])), executor=d.get("executor"),
                    executor_options=dict(d.get("executor_options") or {}),
-                   recipes=[BaseRecipe(Path(r["path"]), r["label"], list(r["set"])) for r in d["recipes"]],
+                   recipes=[BaseRecipe(Path(r["path"]), r["label"], list(r["set"]), r.get("published"))
+                            for r in d["recipes"]],
                    axes=[Axis(a["name"], [(lab, list(ovs)) for lab, ovs in a["options"]], a.get("key"))
                          for a in d["axes"]])
 
@@ -300,6 +314,13 @@ def load_bench_file(path: Path, raw: dict[str, Any]) -> Plan:
     for key in raw:
         if key != "bench":
             raise BenchFileError(file, key, "unknown section: a bench file holds one [bench] table.", ["bench"])
+    entries = (raw.get("bench") or {}).get("recipes") if isinstance(raw.get("bench"), dict) else None
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        if isinstance(entry, dict):  # a table: name its own key, not the union's "must be a path"
+            try:
+                RecipeEntry.model_validate(entry)
+            except ValidationError as exc:
+                raise validation_error(file, exc, RecipeEntry, f"bench.recipes[{i}]", error=BenchFileError) from None
     try:
         model = BenchFile.model_validate(raw)
     except ValidationError as exc:
@@ -315,7 +336,8 @@ def load_bench_file(path: Path, raw: dict[str, Any]) -> Plan:
             raise BenchFileError(file, f"bench.recipes[{i}]", str(exc)) from None
         for j, text in enumerate(e.set):
             _check_override(file, f"bench.recipes[{i}].set[{j}]", text)
-        recipes.append(BaseRecipe(p, _safe(e.label) if e.label else _recipe_label(p), list(e.set)))
+        published = e.published.model_dump(exclude_none=True) if e.published else None
+        recipes.append(BaseRecipe(p, _safe(e.label) if e.label else _recipe_label(p), list(e.set), published))
     _dedupe_labels(file, recipes)
     for j, text in enumerate(b.set):
         _check_override(file, f"bench.set[{j}]", text)

@@ -138,6 +138,28 @@ def _how(meta: dict[str, Any]) -> str:
     return f"executor {ex['name']} ({settings})" + (f", jobs {meta['jobs']}" if meta.get("jobs") else "")
 
 
+PUBLISHED = [("acc", "ACC"), ("nmi", "NMI"), ("ari", "ARI")]
+
+
+def published_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """The cells whose recipe entry names a published figure, measured beside published."""
+    shown = [c for c in cells if c.get("published")]
+    if not shown:
+        return []
+    head = " | ".join(f"{h} | published {h}" for _, h in PUBLISHED)
+    lines = ["", "## Beside the published figures", "",
+             "The paper's figure as the bench file gives it (`published` in the recipe entry), beside this bench's "
+             "mean ± std.", "",
+             f"| cell | {head} | published by |", "|---|" + "---:|" * (2 * len(PUBLISHED)) + "---|"]
+    for c in shown:
+        pub = c["published"]
+        row = [f"`{c['id']}`"]
+        for key, _ in PUBLISHED:
+            row += [fmt(c["metrics"].get(key), 3), "–" if pub.get(key) is None else f"{pub[key]:.3f}"]
+        lines.append("| " + " | ".join(row) + f" | {pub['source']} |")
+    return lines
+
+
 def markdown(meta: dict[str, Any], cells: list[dict[str, Any]]) -> str:
     cols = _columns(cells)
     lines = [f"# Bench `{meta['name']}`", ""]
@@ -157,6 +179,7 @@ def markdown(meta: dict[str, Any], cells: list[dict[str, Any]]) -> str:
     for c in cells:
         row = [f"`{c['id']}`", runs_text(c), *[fmt(c["metrics"].get(k), d) for k, _, d in cols]]
         lines.append("| " + " | ".join(row) + " |")
+    lines += published_lines(cells)
     lines += ["", "## Runs", "", "One row per finished run (the per-seed figures behind the means).", ""]
     lines.append("| cell | seed | " + " | ".join(h for _, h, _ in cols) + " |")
     lines.append("|---|---:|" + "|".join(["---:"] * len(cols)) + "|")

@@ -145,7 +145,7 @@ class Bench:
         rows = []
         for c in self.cells:
             rows.append({"id": c.id, "recipe": str(c.recipe.path), "recipe_label": c.recipe.label, "axes": c.axes,
-                         "overrides": c.overrides, "plugins": dict(current),
+                         "overrides": c.overrides, "plugins": dict(current), "published": c.recipe.published,
                          "runs": [t.record(self.out) for t in by_cell[c.id]]})
         aggregate(rows)
         devices = sorted({str((t.summary or {}).get("device")) for t in self.tasks if t.summary})

@@ -67,9 +67,16 @@ def _table(meta: dict[str, Any], cells: list[dict[str, Any]]) -> Any:
     table.add_column("runs ok")
     for _, head, _ in cols:
         table.add_column(head, justify="right")
+    published = any(c.get("published") for c in cells)
+    if published:  # the paper's ACC beside the measured one (papers.toml)
+        table.add_column("published ACC", justify="right")
     for c in cells:
         style = "red" if c["n_failed"] else None
-        table.add_row(c["id"], runs_text(c), *[fmt(c["metrics"].get(k), d) for k, _, d in cols], style=style)
+        row = [c["id"], runs_text(c), *[fmt(c["metrics"].get(k), d) for k, _, d in cols]]
+        if published:
+            acc = (c.get("published") or {}).get("acc")
+            row.append("–" if acc is None else f"{acc:.3f}")
+        table.add_row(*row, style=style)
     return table
 
 

@@ -39,7 +39,8 @@ def neighbor_vote(x: np.ndarray, labels: np.ndarray, k: int, rounds: int, n_clus
     ``k`` nearest other rows of ``x`` (ties: the nearest tied vote), from the labels of the
     round before. Measured gains: a clustering reached through a sample (``extend_by_neighbors``;
     MNIST, 20,000 of 70,000 rows embedded) +0.001 to +0.002 ACC a seed; k-means on DigPro's
-    projector and the mixed recipe's cluster head on digits +0.005 to +0.016 (benchmarks/RESULTS.md)."""
+    projector and the mixed recipe's cluster head on digits +0.005 to +0.016
+    (benchmarks/results/history/2026-12-01-fourth-pass.md, 2026-12-01-sixth-pass.md)."""
     pts = unit_rows(x) if metric == "cosine" else x
     _, near = knn(pts, min(k, len(x) - 1), exclude_self=True)
     out, share = np.asarray(labels, dtype=np.int64).copy(), np.ones(len(x))
