@@ -212,6 +212,8 @@ def recipes_table(spec: dict, rows: list[Row], dataset: str) -> str:
     lines = [head, rule]
     for r in mine:
         link = f"[{Path(r.report.link).stem}]({r.report.link}) `{r.cell}`" if r.report else r.note
+        if r.report and r.note:
+            link += f" ({r.note})"
         cols = [f"`{r.recipe.removeprefix('recipes/')}`", r.method, f"**{_acc(r)}**", _acc(r, "NMI"),
                 _acc(r, "ARI"), _seeds(r), _wall(r), r.report.date if r.report else "–", link]
         if paper_col:
@@ -235,7 +237,8 @@ def recipes_table(spec: dict, rows: list[Row], dataset: str) -> str:
 
 def headline_table(spec: dict, rows: list[Row]) -> str:
     """One line per dataset: its best shipped recipe by mean ACC, and the dataset's anchor."""
-    lines = ["| dataset | best recipe | ACC | NMI | seeds | its method's paper (GPU protocol) | published anchors |",
+    lines = ["| dataset | best recipe | ACC | NMI | seeds | the method's paper on this dataset (GPU protocol) | "
+             "published anchors |",
              "|---|---|---:|---:|---|---:|---|"]
     for dataset, info in spec["dataset"].items():
         mine = [r for r in rows if r.dataset == dataset and r.report]
@@ -243,7 +246,7 @@ def headline_table(spec: dict, rows: list[Row]) -> str:
             continue
         best = max(mine, key=lambda r: float(_acc(r).split()[0]))
         pub = _published(best.method, dataset)
-        paper = f"{pub['acc']:.3f}" if pub and pub.get("acc") is not None else "not reported"
+        paper = f"{pub['acc']:.3f}" if pub and pub.get("acc") is not None else "the paper has no figure"
         anchor = "; ".join(f"{a['name']} {a['acc']:.3f}" for a in info.get("anchors", []) if "acc" in a) or "–"
         lines.append(f"| {info['title']} | `{best.recipe.removeprefix('recipes/')}` | **{_acc(best)}** | "
                      f"{_acc(best, 'NMI')} | {_seeds(best)} | {paper} | {anchor} |")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from clustkit import ComponentConfig, EvaluatorConfig, HeadOrBackbone, HeadRef, Registry, hookimpl
 from clustkit.builtin.dataset_configs import DATASET_CONFIGS
-from clustkit.nn.configs import TensorAffineConfig
+from clustkit.nn.configs import FILE_SUFFIXES, TensorAffineConfig, parse_train
 
 F = "clustkit.builtin.components:"
 DATASETS = tuple(DATASET_CONFIGS)  # each name validated by its own model: options are per dataset
@@ -25,14 +25,40 @@ class SmallCNNConfig(ComponentConfig):
     out_dim: int = Field(256, ge=2)
 
 
-class ResNetConfig(ComponentConfig):
+class PretrainedOptions(ComponentConfig):
+    """Weights from the hub or a file, and which part trains (clustkit.nn.weights, docs/pretrained.md)."""
+
+    weights: str = Field("none", description='"none", "hub" (the library\'s download; needs network) or a '
+                         "weights file (.safetensors, .pth, .pt, .bin)")
+    key_map: dict[str, str] | Literal["order"] | None = Field(
+        None, description='rename the file\'s keys: regular expression -> replacement, applied in order; or '
+        '"order" to pair tensors by position (ports of the same network)')
+    train: str = Field("all", description='"all", "none" (frozen: no gradients, BatchNorm statistics fixed) or '
+                       '"last:N" (the last N blocks train)')
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str) -> str:
+        if v not in ("none", "hub") and not v.endswith(FILE_SUFFIXES):
+            raise ValueError(f"{v!r} is not a valid choice: \"none\", \"hub\" or a file ending in "
+                             f"{', '.join(FILE_SUFFIXES)}")
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: str) -> str:
+        parse_train(v)
+        return v
+
+
+class ResNetConfig(PretrainedOptions):
     depth: Literal[18, 34, 50] = 34
     stem: Literal["imagenet", "cifar"] = "imagenet"
 
 
-class TimmConfig(ComponentConfig):
+class TimmConfig(PretrainedOptions):
     model: str = Field(..., description="any timm model name, e.g. resnet18, vit_tiny_patch16_224")
-    pretrained: bool = Field(False, description="download pretrained weights (needs network)")
+    pretrained: bool = Field(False, description='the same as weights = "hub" (kept from 0.1)')
     kwargs: dict[str, int | float | str | bool] = Field(default_factory=dict)
 
 

@@ -19,11 +19,13 @@ def build_small_cnn(cfg: Any, ctx: BuildContext) -> torch.nn.Module:
 
 
 def build_resnet(cfg: Any, ctx: BuildContext) -> torch.nn.Module:
-    return TorchvisionResNet(cfg.depth, ctx.in_channels, cfg.stem)
+    return TorchvisionResNet(cfg.depth, ctx.in_channels, cfg.stem, cfg.weights, cfg.key_map, cfg.train,
+                             ctx.recipe.path)
 
 
 def build_timm(cfg: Any, ctx: BuildContext) -> torch.nn.Module:
-    return TimmBackbone(cfg.model, ctx.in_channels, cfg.pretrained, **cfg.kwargs)
+    return TimmBackbone(cfg.model, ctx.in_channels, cfg.pretrained, cfg.weights, cfg.key_map, cfg.train,
+                        ctx.recipe.path, **cfg.kwargs)
 
 
 def build_mlp_head(cfg: Any, ctx: BuildContext) -> torch.nn.Module:

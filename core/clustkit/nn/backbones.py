@@ -5,10 +5,14 @@ Each returns an ``nn.Module`` mapping B×C×H×W to B×``out_dim`` features (no 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
+
+from clustkit.nn.configs import parse_train
+from clustkit.nn.weights import Frozen, load_file
 
 
 class SmallCNN(nn.Module):
@@ -40,41 +44,95 @@ class SmallCNN(nn.Module):
         return self.fc(self.body(x))
 
 
-class TorchvisionResNet(nn.Module):
+class _Trainable(nn.Module):
+    """A backbone whose ``train`` setting ("all", "none", "last:N") survives ``.train()`` calls.
+
+    Fully frozen, its forward pass runs without autograd and its BatchNorm statistics stay fixed."""
+
+    net: nn.Module
+    frozen: Frozen | None = None
+
+    def _freeze(self, train: str) -> None:
+        last = parse_train(train)
+        self.frozen = None if last is None else Frozen(self.net, last)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> _Trainable:
+        super().train(mode)
+        if self.frozen is not None:
+            self.frozen.keep_eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frozen is not None and self.frozen.all_frozen:
+            with torch.no_grad():
+                return self.net(x)
+        return self.net(x)
+
+
+class TorchvisionResNet(_Trainable):
     """torchvision ResNet without its classifier.
 
     ``stem="imagenet"`` keeps the 7×7/2 conv and max-pool (CC, SACC, DCHL, IcicleGCN at 224 px);
-    ``stem="cifar"`` uses a 3×3/1 conv and no max-pool (DigPro/ProPos at 32-96 px).
+    ``stem="cifar"`` uses a 3×3/1 conv and no max-pool (DigPro/ProPos at 32-96 px). ``weights``:
+    "none", "hub" (torchvision's DEFAULT weights) or a file, loaded into the network as built
+    (stem included) before its classifier is dropped (clustkit.nn.weights).
     """
 
-    def __init__(self, depth: int, in_channels: int, stem: Literal["imagenet", "cifar"]):
+    def __init__(self, depth: int, in_channels: int, stem: Literal["imagenet", "cifar"], weights: str = "none",
+                 key_map: dict[str, str] | str | None = None, train: str = "all", recipe_file: str | None = None):
         super().__init__()
         import torchvision
 
-        net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        net = getattr(torchvision.models, f"resnet{depth}")(weights="DEFAULT" if weights == "hub" else None)
         if stem == "cifar":
             net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
         elif in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        if weights not in ("none", "hub"):
+            load_file(net, weights, key_map, "fc", recipe_file)
         self.out_dim = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        self._freeze(train)
 
 
-class TimmBackbone(nn.Module):
-    """Any timm model by name, as a feature extractor (``num_classes=0``); no weight download
-    unless ``pretrained`` is asked for."""
+class TimmBackbone(_Trainable):
+    """Any timm model by name, as a feature extractor (``num_classes=0``). ``weights``: "none",
+    "hub" (timm's pretrained download) or a file, which must fit the model exactly
+    (clustkit.nn.weights; grey input goes through timm's loader, which adapts the first conv)."""
 
-    def __init__(self, model_name: str, in_channels: int, pretrained: bool = False, **kwargs: object):
+    def __init__(self, model_name: str, in_channels: int, pretrained: bool = False, weights: str = "none",
+                 key_map: dict[str, str] | str | None = None, train: str = "all", recipe_file: str | None = None,
+                 **kwargs: object):
         super().__init__()
         import timm
 
-        self.net = timm.create_model(model_name, pretrained=pretrained, num_classes=0, in_chans=in_channels, **kwargs)
-        self.out_dim = int(self.net.num_features)
+        hub = pretrained or weights == "hub"
+        if weights in ("none", "hub"):
+            net = timm.create_model(model_name, pretrained=hub, num_classes=0, in_chans=in_channels, **kwargs)
+        elif key_map is None:
+            net = self._timm_file(model_name, in_channels, weights, recipe_file, kwargs)
+        else:
+            net = timm.create_model(model_name, pretrained=False, in_chans=in_channels, **kwargs)
+            load_file(net, weights, key_map, net.pretrained_cfg.get("classifier", ""), recipe_file)
+            net.reset_classifier(0)
+        self.net = net
+        self.out_dim = int(net.num_features)
+        self._freeze(train)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    @staticmethod
+    def _timm_file(model_name: str, in_channels: int, weights: str, recipe_file: str | None,
+                   kwargs: dict[str, object]) -> nn.Module:
+        """The file must fit the RGB model exactly (checked and loaded here); grey or other input
+        channels then go through timm's own loader, which adapts the first convolution."""
+        import timm
+
+        net = timm.create_model(model_name, pretrained=False, **kwargs)
+        load_file(net, weights, None, net.pretrained_cfg.get("classifier", ""), recipe_file)
+        if in_channels == 3:
+            net.reset_classifier(0)
+            return net
+        return timm.create_model(model_name, pretrained=True, num_classes=0, in_chans=in_channels,
+                                 pretrained_cfg_overlay={"file": str(Path(weights).expanduser())}, **kwargs)

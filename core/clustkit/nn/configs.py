@@ -6,6 +6,8 @@ per-image pipeline views, each under its own name and with its own defaults (``w
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from clustkit.plugin_system.registry import ComponentConfig
@@ -63,3 +65,20 @@ class AffineParams(BaseModel):
 
 class TensorAffineConfig(NamedViewsConfig, AffineParams):
     """Views made by one batched affine + erasing + noise call each (tiny images, any device)."""
+
+
+# --- [backbone] weights and train (clustkit.nn.weights applies them) ---------------------------------
+
+FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def parse_train(text: str) -> int | None:
+    """``"all"`` -> None (everything trains), ``"none"`` -> 0, ``"last:N"`` -> N."""
+    if text == "all":
+        return None
+    if text == "none":
+        return 0
+    m = re.fullmatch(r"last:(\d+)", text)
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"{text!r} is not a valid choice: \"all\", \"none\" or \"last:N\" with N ≥ 1")
+    return int(m.group(1))
