@@ -81,6 +81,33 @@ def test_a_run_with_a_weights_file_that_does_not_fit_exits_2(tiny_recipe: Path, 
     assert result.returncode == 2 and "backbone" in result.stderr
 
 
+def test_a_pretrained_backbone_normalises_its_input_with_the_model_s_own_statistics(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import clustkit.builtin as builtin
+    from clustkit.builtin.components import build_timm
+    from clustkit.engine.build import _check_input_norm
+
+    ref = reference()
+    path = tmp_path / "w.pth"
+    torch.save(ref.state_dict(), path)
+    ctx = SimpleNamespace(in_channels=3, recipe=SimpleNamespace(path="r.toml"))
+    net = build_timm(builtin.TimmConfig(name="timm", model="resnet18", weights=str(path)), ctx).eval()
+    mean = torch.tensor(ref.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(ref.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = ref.forward_head(ref.forward_features((X - mean) / std), pre_logits=True)
+    assert net.normalizes_input and torch.allclose(net(X), expected, atol=1e-6)
+    raw = build_timm(builtin.TimmConfig(name="timm", model="resnet18", weights=str(path), input_norm="none"), ctx)
+    assert not raw.normalizes_input
+    assert not build_timm(builtin.TimmConfig(name="timm", model="resnet18"), ctx).normalizes_input
+    recipe = SimpleNamespace(path="r.toml", views=SimpleNamespace(normalize=True))
+    with pytest.raises(RecipeError, match="views.normalize.*normalises its input"):
+        _check_input_norm(recipe, net)
+    _check_input_norm(SimpleNamespace(path="r.toml", views=SimpleNamespace(normalize=False)), net)
+    _check_input_norm(recipe, raw)
+
+
 def test_a_resnet_file_loads_into_the_network_as_built(tmp_path: Path) -> None:
     torch.manual_seed(2)
     ref = TorchvisionResNet(18, 1, "cifar").eval()

@@ -35,6 +35,10 @@ class PretrainedOptions(ComponentConfig):
         '"order" to pair tensors by position (ports of the same network)')
     train: str = Field("all", description='"all", "none" (frozen: no gradients, BatchNorm statistics fixed) or '
                        '"last:N" (the last N blocks train)')
+    input_norm: Literal["auto", "model", "none"] = Field(
+        "auto", description='"model": the backbone normalises its [0, 1] input with the pretrained model\'s own '
+        'mean/std (timm\'s pretrained config; ImageNet\'s for torchvision); "auto": "model" when weights is not '
+        '"none"; "none": the input as the views give it')
 
     @field_validator("weights")
     @classmethod

@@ -10,6 +10,7 @@ import torch
 from clustkit import BuildContext, Prediction, RunContext
 from clustkit.cluster.kmeans import kmeans
 from clustkit.cluster.sharded import sharded_kmeans
+from clustkit.nn.augment import IMAGENET_MEAN, IMAGENET_STD
 from clustkit.nn.backbones import SmallCNN, TimmBackbone, TorchvisionResNet
 from clustkit.nn.heads import MLPHead
 
@@ -18,14 +19,26 @@ def build_small_cnn(cfg: Any, ctx: BuildContext) -> torch.nn.Module:
     return SmallCNN(ctx.in_channels, cfg.width, cfg.out_dim)
 
 
+def _input_norm(cfg: Any) -> bool:
+    return cfg.input_norm == "model" or (cfg.input_norm == "auto" and (cfg.weights != "none"
+                                                                       or getattr(cfg, "pretrained", False)))
+
+
 def build_resnet(cfg: Any, ctx: BuildContext) -> torch.nn.Module:
-    return TorchvisionResNet(cfg.depth, ctx.in_channels, cfg.stem, cfg.weights, cfg.key_map, cfg.train,
-                             ctx.recipe.path)
+    net = TorchvisionResNet(cfg.depth, ctx.in_channels, cfg.stem, cfg.weights, cfg.key_map, cfg.train,
+                            ctx.recipe.path)
+    if _input_norm(cfg):
+        net.set_input_norm(IMAGENET_MEAN, IMAGENET_STD)  # torchvision's weights: ImageNet statistics
+    return net
 
 
 def build_timm(cfg: Any, ctx: BuildContext) -> torch.nn.Module:
-    return TimmBackbone(cfg.model, ctx.in_channels, cfg.pretrained, cfg.weights, cfg.key_map, cfg.train,
-                        ctx.recipe.path, **cfg.kwargs)
+    net = TimmBackbone(cfg.model, ctx.in_channels, cfg.pretrained, cfg.weights, cfg.key_map, cfg.train,
+                       ctx.recipe.path, **cfg.kwargs)
+    if _input_norm(cfg):
+        pre = net.net.pretrained_cfg  # the model's own preprocessing, as timm publishes it
+        net.set_input_norm(tuple(pre.get("mean", IMAGENET_MEAN)), tuple(pre.get("std", IMAGENET_STD)))
+    return net
 
 
 def build_mlp_head(cfg: Any, ctx: BuildContext) -> torch.nn.Module:

@@ -159,6 +159,16 @@ def build_network(recipe: Recipe, backbone: torch.nn.Module, heads: dict[str, to
     return model, momentum
 
 
+def _check_input_norm(recipe: Recipe, backbone: torch.nn.Module) -> None:
+    """A backbone that normalises its own input (pretrained weights) and views that normalise too
+    would normalise twice: say so instead of training on doubly shifted images."""
+    views = getattr(recipe.views, "normalize", None)
+    if getattr(backbone, "normalizes_input", False) and views not in (None, False, "none"):
+        raise RecipeError(recipe.path, "views.normalize", f"is {views!r}, but the backbone already normalises its "
+                          "input with the pretrained model's mean/std (backbone.input_norm, \"auto\" with weights): "
+                          "set views.normalize = false, or backbone.input_norm = \"none\" to keep the views' own.")
+
+
 def build_optimizer(recipe: Recipe, model: Network) -> torch.optim.Optimizer:
     """``[optimizer]`` over the trainable parameters, one group per ``lr_mult`` prefix."""
     o = recipe.optimizer
@@ -212,6 +222,7 @@ def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started:
     ctx = replace(ctx, backbone_dim=int(backbone.out_dim))
     heads = {k: build_component(plugins, "head", cfg, replace(ctx, key=f"heads.{k}"))[1] for k, cfg in r.heads.items()}
     components, ctx = build_components(r, plugins, ctx)
+    _check_input_norm(r, backbone)
     model, momentum = build_network(r, backbone, heads, components, ctx)
     optimizer = build_optimizer(r, model)
     epoch_steps = steps_per_epoch(sources)

@@ -51,6 +51,27 @@ class _Trainable(nn.Module):
 
     net: nn.Module
     frozen: Frozen | None = None
+    in_mean: torch.Tensor | None
+    in_std: torch.Tensor | None
+
+    def set_input_norm(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """Normalise the [0, 1] input with a pretrained model's own statistics (grey input: their
+        channel means), as the first operation of the forward pass."""
+        self.register_buffer("in_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("in_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def normalizes_input(self) -> bool:
+        return getattr(self, "in_mean", None) is not None
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.normalizes_input:
+            return x
+        mean, std = self.in_mean, self.in_std
+        assert mean is not None and std is not None
+        if x.shape[1] != mean.shape[1]:
+            mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
+        return (x - mean.to(x.dtype)) / std.to(x.dtype)
 
     def _freeze(self, train: str) -> None:
         last = parse_train(train)
@@ -64,6 +85,7 @@ class _Trainable(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._prepare(x)
         if self.frozen is not None and self.frozen.all_frozen:
             with torch.no_grad():
                 return self.net(x)
