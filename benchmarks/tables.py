@@ -21,6 +21,7 @@ committed reports say.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import tomllib
@@ -139,6 +140,7 @@ def load_spec(path: Path = HERE / "tables.toml") -> tuple[dict, list[Row]]:
     return spec, rows
 
 
+@functools.cache
 def paper_recipes() -> list[dict[str, str]]:
     """Each paper-setting recipe's header lines, with its entry in benchmarks/papers.toml."""
     bench = tomllib.loads((HERE / "papers.toml").read_text())["bench"]

@@ -275,13 +275,20 @@ def _check_override(file: str, where: str, text: str) -> str:
     return text
 
 
-def _bench_error(file: str, exc: ValidationError) -> BenchFileError:
-    error = validation_error(file, exc, BenchFile, error=BenchFileError)
+def _bench_error(file: str, exc: ValidationError, raw: dict[str, Any]) -> BenchFileError:
     err = exc.errors()[0]
-    if err["type"] == "string_type" and list(err["loc"][:2]) == ["bench", "recipes"]:
-        error = BenchFileError(file, error.key,
-                               "must be a recipe path or a table {path = ..., label = ..., set = [...]}.")
-    return error
+    loc = list(err["loc"])
+    if loc[:2] == ["bench", "recipes"] and len(loc) > 2 and isinstance(loc[2], int):
+        entry = raw["bench"]["recipes"][loc[2]]
+        if isinstance(entry, dict):  # a table: its own first problem, not the union's "must be a path"
+            try:
+                RecipeEntry.model_validate(entry)
+            except ValidationError as inner:
+                return validation_error(file, inner, RecipeEntry, f"bench.recipes[{loc[2]}]", error=BenchFileError)
+        if err["type"] == "string_type":
+            return BenchFileError(file, f"bench.recipes[{loc[2]}]",
+                                  "must be a recipe path or a table {path = ..., label = ..., set = [...]}.")
+    return validation_error(file, exc, BenchFile, error=BenchFileError)
 
 
 # --- building a plan ---------------------------------------------------------------------------------
@@ -314,17 +321,10 @@ def load_bench_file(path: Path, raw: dict[str, Any]) -> Plan:
     for key in raw:
         if key != "bench":
             raise BenchFileError(file, key, "unknown section: a bench file holds one [bench] table.", ["bench"])
-    entries = (raw.get("bench") or {}).get("recipes") if isinstance(raw.get("bench"), dict) else None
-    for i, entry in enumerate(entries if isinstance(entries, list) else []):
-        if isinstance(entry, dict):  # a table: name its own key, not the union's "must be a path"
-            try:
-                RecipeEntry.model_validate(entry)
-            except ValidationError as exc:
-                raise validation_error(file, exc, RecipeEntry, f"bench.recipes[{i}]", error=BenchFileError) from None
     try:
         model = BenchFile.model_validate(raw)
     except ValidationError as exc:
-        raise _bench_error(file, exc) from None
+        raise _bench_error(file, exc, raw) from None
     b = model.bench
     base_dir = path.parent
     recipes: list[BaseRecipe] = []

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from clustkit.nn.augment import normalize_batch
 from clustkit.nn.configs import parse_train
 from clustkit.nn.weights import Frozen, load_file
 
@@ -51,27 +52,25 @@ class _Trainable(nn.Module):
 
     net: nn.Module
     frozen: Frozen | None = None
-    in_mean: torch.Tensor | None
-    in_std: torch.Tensor | None
+    input_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) of the input
 
     def set_input_norm(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        """Normalise the [0, 1] input with a pretrained model's own statistics (grey input: their
-        channel means), as the first operation of the forward pass."""
-        self.register_buffer("in_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("in_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        """Normalise the [0, 1] input with a pretrained model's own statistics (other channel counts,
+        such as grey: their channel means), as the first operation of the forward pass."""
+        self.input_stats = (tuple(mean), tuple(std))
 
     @property
     def normalizes_input(self) -> bool:
-        return getattr(self, "in_mean", None) is not None
+        return self.input_stats is not None
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.normalizes_input:
+        if self.input_stats is None:
             return x
-        mean, std = self.in_mean, self.in_std
-        assert mean is not None and std is not None
-        if x.shape[1] != mean.shape[1]:
-            mean, std = mean.mean(1, keepdim=True), std.mean(1, keepdim=True)
-        return (x - mean.to(x.dtype)) / std.to(x.dtype)
+        mean, std = self.input_stats
+        if x.shape[1] != len(mean):
+            c = x.shape[1]
+            mean, std = (sum(mean) / len(mean),) * c, (sum(std) / len(std),) * c
+        return normalize_batch(x, mean, std)
 
     def _freeze(self, train: str) -> None:
         last = parse_train(train)

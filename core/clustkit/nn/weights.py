@@ -21,7 +21,6 @@ blocks as timm groups them for layer-wise learning rates, or a ResNet's stages).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,10 @@ from clustkit.nn.configs import FILE_SUFFIXES
 _CONTAINERS = ("state_dict", "model", "model_state", "module", "net")
 
 
-def _error(file: str | None, key: str, message: str) -> RecipeError:
-    return RecipeError(file, key, message)
-
-
 def read_state(path: Path, recipe_file: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, unwrapped from the usual containers (``{"state_dict": ...}``)."""
     if not path.is_file():
-        raise _error(recipe_file, "backbone.weights", f"the weights file {path} does not exist. Allowed values: "
+        raise RecipeError(recipe_file, "backbone.weights", f"the weights file {path} does not exist. Allowed values: "
                      "\"none\", \"hub\" (download; needs network) or a file ending in "
                      f"{', '.join(FILE_SUFFIXES)}.")
     try:
@@ -53,14 +48,14 @@ def read_state(path: Path, recipe_file: str | None = None) -> dict[str, torch.Te
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file or a pickle that is not plain tensors
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise _error(recipe_file, "backbone.weights", f"cannot read the weights file {path}: "
+        raise RecipeError(recipe_file, "backbone.weights", f"cannot read the weights file {path}: "
                      f"{type(exc).__name__}{': ' + first if first else ''}.") from None
     for name in _CONTAINERS:
         if isinstance(state, dict) and isinstance(state.get(name), dict):
             state = state[name]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise _error(recipe_file, "backbone.weights", f"the weights file {path} does not hold a state dict "
+        raise RecipeError(recipe_file, "backbone.weights", f"the weights file {path} does not hold a state dict "
                      "(a mapping of names to tensors).")
     return dict(state)
 
@@ -82,12 +77,12 @@ def map_keys(state: dict[str, torch.Tensor], key_map: dict[str, str] | str | Non
         if len(src) != len(dst) and optional:  # a file without the classifier
             dst = [(k, v) for k, v in dst if not k.startswith(optional)]
         if len(src) != len(dst):
-            raise _error(recipe_file, "backbone.key_map", f"key_map = \"order\" pairs tensors by position, but "
+            raise RecipeError(recipe_file, "backbone.key_map", f"key_map = \"order\" pairs tensors by position, but "
                          f"{file} holds {len(src)} and the model {len(dst)} (not counting BatchNorm's "
                          "num_batches_tracked); map the names with a table of regular expressions instead.")
         for i, ((sk, sv), (dk, dv)) in enumerate(zip(src, dst)):
             if sv.shape != dv.shape:
-                raise _error(recipe_file, "backbone.key_map", f"key_map = \"order\": tensor {i} of {file} ({sk}, "
+                raise RecipeError(recipe_file, "backbone.key_map", f"key_map = \"order\": tensor {i} of {file} ({sk}, "
                              f"shape {tuple(sv.shape)}) does not fit the model's {dk} (shape {tuple(dv.shape)}).")
         return {dk: sv for (_, sv), (dk, _) in zip(src, dst)}
     assert isinstance(key_map, dict)
@@ -106,7 +101,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], file: Path, rec
     ``optional``: key prefixes of the model a file may leave out (the ImageNet classifier, which
     the backbone drops after loading)."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")
+    missing = [k for k, v in own.items() if k not in state and not _counter(k, v)
                and not (optional and k.startswith(optional))]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
@@ -117,7 +112,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], file: Path, rec
             if keys:
                 shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
                 parts.append(f"{len(keys)} key(s) {what}: {shown}")
-        raise _error(recipe_file, "backbone.weights", f"the weights file {file} does not fit the model: "
+        raise RecipeError(recipe_file, "backbone.weights", f"the weights file {file} does not fit the model: "
                      + "; ".join(parts) + ". Rename the file's keys with backbone.key_map (a table of regular "
                      "expressions, or \"order\" for a port of the same network).")
     model.load_state_dict(state, strict=False)
@@ -129,7 +124,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], file: Path, rec
 def blocks(net: nn.Module) -> list[list[str]]:
     """The backbone's parameter names in blocks, input to output: timm's own grouping (the one its
     layer-wise learning-rate decay uses) when the model has one, else one block per child module."""
-    names = [n for n, _ in net.named_parameters()]
     matcher = getattr(net, "group_matcher", None)
     if callable(matcher):
         from timm.models import group_parameters
@@ -137,7 +131,7 @@ def blocks(net: nn.Module) -> list[list[str]]:
         groups = group_parameters(net, matcher(coarse=True), reverse=False)
         return [list(ps) for _, ps in sorted(groups.items())]
     out: dict[str, list[str]] = {}
-    for n in names:
+    for n, _ in net.named_parameters():
         out.setdefault(n.split(".")[0], []).append(n)
     return list(out.values())
 
@@ -165,10 +159,6 @@ class Frozen:
         """Frozen modules stay in eval mode (BatchNorm statistics fixed, dropout off)."""
         for m in self.frozen_modules:
             m.eval()
-
-
-def trainable(net: nn.Module) -> Iterator[str]:
-    return (n for n, p in net.named_parameters() if p.requires_grad)
 
 
 def load_file(net: nn.Module, weights: str, key_map: dict[str, str] | str | None, classifier: str,
