@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
 import sys
 import tomllib
@@ -30,9 +31,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-DOCS = {"RESULTS": HERE / "RESULTS.md", "README": ROOT / "README.md"}
+DOCS = {"RESULTS": HERE / "RESULTS.md", "README": ROOT / "README.md", "pretrained": ROOT / "docs" / "pretrained.md"}
 BLOCK = re.compile(r"(<!-- tables.py: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /tables.py -->)", re.S)
-METHODS = {"cc": "CC", "sacc": "SACC", "dchl": "DCHL", "iciclegcn": "IcicleGCN", "digpro": "DigPro"}
+METHODS = {"cc": "CC", "sacc": "SACC", "dchl": "DCHL", "iciclegcn": "IcicleGCN", "digpro": "DigPro", "temi": "TEMI",
+           "kmeans": "k-means (no training)", "cc_finetune": "CC, last block fine-tuned"}
 
 
 # --- reading a bench report ------------------------------------------------------------------
@@ -56,7 +58,12 @@ class Report:
 
     @property
     def link(self) -> str:
+        """The report's path from benchmarks/ (where RESULTS.md is)."""
         return self.path.relative_to(HERE).as_posix()
+
+    def link_from(self, doc: Path) -> str:
+        """The report's path from the folder of ``doc``."""
+        return Path(os.path.relpath(self.path, doc.parent)).as_posix()
 
 
 def _table(lines: list[str], start: int) -> list[dict[str, str]]:
@@ -201,7 +208,7 @@ def _published(method: str, dataset: str) -> dict | None:
     return None
 
 
-def recipes_table(spec: dict, rows: list[Row], dataset: str) -> str:
+def recipes_table(spec: dict, rows: list[Row], dataset: str, doc: Path = HERE / "RESULTS.md") -> str:
     """One dataset's shipped recipes: their current figure, where it comes from, the anchors."""
     info = spec["dataset"][dataset]
     mine = [r for r in rows if r.dataset == dataset]
@@ -213,7 +220,7 @@ def recipes_table(spec: dict, rows: list[Row], dataset: str) -> str:
         rule += "---:|"
     lines = [head, rule]
     for r in mine:
-        link = f"[{Path(r.report.link).stem}]({r.report.link}) `{r.cell}`" if r.report else r.note
+        link = f"[{Path(r.report.link).stem}]({r.report.link_from(doc)}) `{r.cell}`" if r.report else r.note
         if r.report and r.note:
             link += f" ({r.note})"
         cols = [f"`{r.recipe.removeprefix('recipes/')}`", r.method, f"**{_acc(r)}**", _acc(r, "NMI"),
@@ -233,7 +240,7 @@ def recipes_table(spec: dict, rows: list[Row], dataset: str) -> str:
         return "\n".join(lines) + "\n"
     lines += ["", "How each report ran (commands from the repository root, data under `$CLUSTKIT_SHARED_DATA`):", ""]
     for rep in reports.values():
-        lines.append(f"- [{Path(rep.link).stem}]({rep.link}): `{rep.command}` — {rep.written}, {rep.machine}")
+        lines.append(f"- [{Path(rep.link).stem}]({rep.link_from(doc)}): `{rep.command}` — {rep.written}, {rep.machine}")
     return "\n".join(lines) + "\n"
 
 
@@ -279,9 +286,10 @@ def ablation_table(spec: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(name: str, spec: dict, rows: list[Row]) -> str:
+def render(name: str, spec: dict, rows: list[Row], doc: Path = HERE / "RESULTS.md") -> str:
+    """Table ``name`` as written into ``doc`` (its links relative to the doc's folder)."""
     if name.startswith("recipes-"):
-        return recipes_table(spec, rows, name.removeprefix("recipes-"))
+        return recipes_table(spec, rows, name.removeprefix("recipes-"), doc)
     if name == "headline":  # README's
         return headline_table(spec, rows)
     if name == "papers":
@@ -291,8 +299,8 @@ def render(name: str, spec: dict, rows: list[Row]) -> str:
     raise ValueError(f"unknown table {name!r} (recipes-<dataset>, headline, papers, ablations)")
 
 
-def rebuild(text: str, spec: dict, rows: list[Row]) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), spec, rows) + m.group(4), text)
+def rebuild(text: str, spec: dict, rows: list[Row], doc: Path = HERE / "RESULTS.md") -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), spec, rows, doc) + m.group(4), text)
 
 
 def stale() -> list[str]:
@@ -302,7 +310,7 @@ def stale() -> list[str]:
     for doc, path in DOCS.items():
         text = path.read_text()
         for m in BLOCK.finditer(text):
-            if m.group("body") != render(m.group("name"), spec, rows):
+            if m.group("body") != render(m.group("name"), spec, rows, path):
                 out.append(f"{doc}: {m.group('name')}")
     return out
 
@@ -319,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, rows = load_spec()
     for path in DOCS.values():
         text = path.read_text()
-        new = rebuild(text, spec, rows)
+        new = rebuild(text, spec, rows, path)
         if new != text:
             path.write_text(new)
             print(f"rewrote the tables of {path.relative_to(ROOT)}")

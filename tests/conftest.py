@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover
 os.environ.setdefault("CLUSTKIT_REPORT", "0")
 
 # Tests never pick up plugins installed in the developer's environment beyond this repo's.
-os.environ.setdefault("CLUSTKIT_LOAD_PLUGINS", "builtin,cc,sacc,dchl,digpro,iciclegcn,selflabel,manifold")
+os.environ.setdefault("CLUSTKIT_LOAD_PLUGINS", "builtin,cc,sacc,dchl,digpro,iciclegcn,selflabel,manifold,temi")
 
 TINY_CC = """
 [run]

@@ -306,6 +306,7 @@ def test_shipped_bench_files_are_valid(path: Path, tmp_path: Path, monkeypatch: 
     """Every run of every shipped bench file validates (a dry run exits 0), before anyone spends hours on it."""
     monkeypatch.setenv("CLUSTKIT_SHARED_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("CLUSTKIT_DATA", str(tmp_path / "data"))  # the paper-setting recipes (papers.toml)
+    monkeypatch.setenv("CLUSTKIT_LITE0", str(tmp_path / "lite0.pth"))  # the pretrained bench's weights file
     code, output = bench(path, "--out", tmp_path / "out", "--dry-run")
     assert code == 0, output
     assert "failed" not in output

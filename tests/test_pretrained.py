@@ -92,7 +92,8 @@ def test_a_pretrained_backbone_normalises_its_input_with_the_model_s_own_statist
     path = tmp_path / "w.pth"
     torch.save(ref.state_dict(), path)
     ctx = SimpleNamespace(in_channels=3, recipe=SimpleNamespace(path="r.toml"))
-    net = build_timm(builtin.TimmConfig(name="timm", model="resnet18", weights=str(path)), ctx).eval()
+    net = build_timm(builtin.TimmConfig(name="timm", model="resnet18", weights=str(path), input_size="none"),
+                     ctx).eval()
     mean = torch.tensor(ref.pretrained_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(ref.pretrained_cfg["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -106,6 +107,47 @@ def test_a_pretrained_backbone_normalises_its_input_with_the_model_s_own_statist
         _check_input_norm(recipe, net)
     _check_input_norm(SimpleNamespace(path="r.toml", views=SimpleNamespace(normalize=False)), net)
     _check_input_norm(recipe, raw)
+
+
+def test_a_pretrained_backbone_resizes_its_input_as_the_model_was_evaluated(tmp_path: Path) -> None:
+    """timm's evaluation transform: resize to input_size / crop_pct (the model's interpolation), keep the
+    centre input_size square; an input already that size passes as it is; the recipe overrides each part."""
+    from types import SimpleNamespace
+
+    import clustkit.builtin as builtin
+    from clustkit.builtin.components import build_resnet, build_timm
+
+    ref = reference()
+    path = tmp_path / "w.pth"
+    torch.save(ref.state_dict(), path)
+    ctx = SimpleNamespace(in_channels=3, recipe=SimpleNamespace(path="r.toml"))
+    net = build_timm(builtin.TimmConfig(name="timm", model="resnet18", weights=str(path)), ctx).eval()
+    cfg = ref.pretrained_cfg
+    assert net.input_resize == (224, cfg["crop_pct"], cfg["interpolation"]) == (224, 0.95, "bicubic")
+    scaled = int(224 / 0.95)
+    big = torch.nn.functional.interpolate(X, size=(scaled, scaled), mode="bicubic", align_corners=False)
+    top = (scaled - 224) // 2
+    crop = big[..., top:top + 224, top:top + 224].clamp(0, 1)
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(net(X), ref.forward_head(ref.forward_features((crop - mean) / std), pre_logits=True),
+                              atol=1e-5)
+        ready = torch.rand(1, 3, 224, 224)
+        assert torch.allclose(net(ready), ref.forward_head(ref.forward_features((ready - mean) / std),
+                                                           pre_logits=True), atol=1e-5)
+    mine = build_timm(builtin.TimmConfig(name="timm", model="resnet18", weights=str(path), input_size=96,
+                                         crop_pct=1.0, interpolation="bilinear"), ctx)
+    assert mine.input_resize == (96, 1.0, "bilinear")
+    assert build_timm(builtin.TimmConfig(name="timm", model="resnet18"), ctx).input_resize is None
+    import torchvision
+
+    tv = tmp_path / "tv.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), tv)
+    resnet = build_resnet(builtin.ResNetConfig(name="resnet", depth=18, weights=str(tv)), ctx)
+    assert resnet.input_resize == (224, 0.875, "bilinear")  # torchvision's Resize(256) + CenterCrop(224)
+    with pytest.raises(ValueError, match="fraction"):
+        builtin.TimmConfig(name="timm", model="resnet18", crop_pct=1.5)
 
 
 def test_a_resnet_file_loads_into_the_network_as_built(tmp_path: Path) -> None:

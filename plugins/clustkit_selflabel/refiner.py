@@ -189,7 +189,7 @@ class SelfLabelRefiner:
             while self.step < round_end:
                 before = self.step
                 for images, _, index in ctx.source.train_batches(round_index * 1000 + self.step, self.selected):
-                    losses.append(self._train_step(ctx, images, targets[index]))
+                    losses.append(self._train_step(ctx, images, targets[index], index))
                     self.step += 1
                     if self.step >= round_end:
                         break
@@ -214,8 +214,9 @@ class SelfLabelRefiner:
         self.history.append({"step": self.step, "seconds": round(time.perf_counter() - t0, 3)})
         self._optimizer_state = None
 
-    def _train_step(self, ctx: RunContext, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        views = ctx.make_views(images, train=True)
+    def _train_step(self, ctx: RunContext, images: torch.Tensor, targets: torch.Tensor,
+                    index: torch.Tensor) -> torch.Tensor:
+        views = ctx.make_views(images, train=True, index=index)
         x = views[self.view] if self.view is not None else next(iter(views.values()))
         with ctx.autocast():
             probs = self.module(ctx.model.features(x)).float()

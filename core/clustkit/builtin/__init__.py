@@ -39,6 +39,21 @@ class PretrainedOptions(ComponentConfig):
         "auto", description='"model": the backbone normalises its [0, 1] input with the pretrained model\'s own '
         'mean/std (timm\'s pretrained config; ImageNet\'s for torchvision); "auto": "model" when weights is not '
         '"none"; "none": the input as the views give it')
+    input_size: int | Literal["auto", "none"] = Field(
+        "auto", description='inputs of another size are resized to this one first: "auto": the pretrained '
+        "model's (timm's pretrained config; 224 for torchvision) when input_norm applies, else none")
+    crop_pct: float | Literal["auto"] = Field(
+        "auto", description="resize to input_size / crop_pct, then centre-crop input_size (timm's evaluation "
+        'transform); "auto": the model\'s (0.875 for torchvision); 1.0: resize only')
+    interpolation: Literal["auto", "bilinear", "bicubic"] = Field("auto", description="how inputs are resized; "
+                                                                  '"auto": the model\'s')
+
+    @field_validator("crop_pct")
+    @classmethod
+    def _crop(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0.1 <= float(v) <= 1.0:
+            raise ValueError(f"{v!r} is not a valid choice: a fraction in [0.1, 1] or \"auto\"")
+        return v
 
     @field_validator("weights")
     @classmethod

@@ -24,21 +24,37 @@ def _input_norm(cfg: Any) -> bool:
                                                                        or getattr(cfg, "pretrained", False)))
 
 
+def _preprocess(net: Any, cfg: Any, model: dict[str, Any]) -> Any:
+    """The pretrained model's own evaluation preprocessing (``model``: its mean, std, input size,
+    crop and interpolation), each part overridable by the recipe."""
+    if _input_norm(cfg):
+        net.set_input_norm(tuple(model["mean"]), tuple(model["std"]))
+    size = cfg.input_size
+    if size == "auto":
+        size = int(model["input_size"][-1]) if _input_norm(cfg) else "none"
+    if size != "none":
+        crop = float(model["crop_pct"] if cfg.crop_pct == "auto" else cfg.crop_pct)
+        mode = model["interpolation"] if cfg.interpolation == "auto" else cfg.interpolation
+        net.set_input_size(int(size), crop, "bicubic" if mode == "bicubic" else "bilinear")
+    return net
+
+
 def build_resnet(cfg: Any, ctx: BuildContext) -> torch.nn.Module:
     net = TorchvisionResNet(cfg.depth, ctx.in_channels, cfg.stem, cfg.weights, cfg.key_map, cfg.train,
                             ctx.recipe.path)
-    if _input_norm(cfg):
-        net.set_input_norm(IMAGENET_MEAN, IMAGENET_STD)  # torchvision's weights: ImageNet statistics
-    return net
+    # torchvision's weights: ImageNet statistics, Resize(256) + CenterCrop(224), bilinear
+    return _preprocess(net, cfg, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": (3, 224, 224),
+                                  "crop_pct": 0.875, "interpolation": "bilinear"})
 
 
 def build_timm(cfg: Any, ctx: BuildContext) -> torch.nn.Module:
     net = TimmBackbone(cfg.model, ctx.in_channels, cfg.pretrained, cfg.weights, cfg.key_map, cfg.train,
                        ctx.recipe.path, **cfg.kwargs)
-    if _input_norm(cfg):
-        pre = net.net.pretrained_cfg  # the model's own preprocessing, as timm publishes it
-        net.set_input_norm(tuple(pre.get("mean", IMAGENET_MEAN)), tuple(pre.get("std", IMAGENET_STD)))
-    return net
+    pre = net.net.pretrained_cfg  # the model's own preprocessing, as timm publishes it
+    return _preprocess(net, cfg, {"mean": pre.get("mean", IMAGENET_MEAN), "std": pre.get("std", IMAGENET_STD),
+                                  "input_size": pre.get("input_size", (3, 224, 224)),
+                                  "crop_pct": pre.get("crop_pct", 0.875),
+                                  "interpolation": pre.get("interpolation", "bicubic")})
 
 
 def build_mlp_head(cfg: Any, ctx: BuildContext) -> torch.nn.Module:

@@ -80,8 +80,13 @@ class BatchSource:
         the host); the float conversion happens there."""
         if self.device.type == "cuda" and not imgs.is_pinned():
             imgs = imgs.pin_memory()
-        x = imgs.to(self.device, non_blocking=True).float().div_(255.0)
+        x = self._as_input(imgs.to(self.device, non_blocking=True))
         return x, self.labels[idx].to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _as_input(x: torch.Tensor) -> torch.Tensor:
+        """What the network reads of a stored batch: uint8 images become floats in [0, 1]."""
+        return x.float().div_(255.0)
 
     def steps_per_epoch(self) -> int:
         full, rest = divmod(self.n, self.batch_size)

@@ -32,6 +32,7 @@ from clustkit.engine.plugin_errors import describe_factory_failure
 from clustkit.engine.run_folder import CHECKPOINT
 from clustkit.engine.state import RunState
 from clustkit.errors import RecipeError, UserError
+from clustkit.nn.trunk import FeatureTrunk
 from clustkit.plugin_system.manager import PluginSet, run_hooks
 from clustkit.plugin_system.registry import ComponentSpec
 from clustkit.recipe.schema import Recipe
@@ -179,6 +180,12 @@ def build_optimizer(recipe: Recipe, model: Network) -> torch.optim.Optimizer:
             mult = next((m for prefix, m in o.lr_mult.items() if name.startswith(prefix)), 1.0)
             groups.setdefault(mult, []).append(p)
     params = [{"params": ps, "lr": lr * m, "lr_mult": m} for m, ps in groups.items()]
+    if not params:  # nothing trains: only a recipe of 0 epochs (k-means on frozen features) gets here
+        if recipe.run.epochs:
+            raise RecipeError(recipe.path, "run.epochs", f"is {recipe.run.epochs}, but nothing in the network "
+                              "trains (a frozen backbone and no heads): add heads and losses, or set run.epochs = 0 "
+                              "to evaluate the frozen features as they are.")
+        params = [{"params": [torch.nn.Parameter(torch.zeros(0))], "lr": lr, "lr_mult": 1.0}]
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
@@ -219,10 +226,12 @@ def build_run(recipe: Recipe, plugins: PluginSet, out_dir: Path | None, started:
     ctx = BuildContext(r, "data", device)
     dataset, sources, ctx = build_data(r, plugins, ctx)
     _, backbone = build_component(plugins, "backbone", r.backbone, replace(ctx, key="backbone"))
+    _check_input_norm(r, backbone)
+    if r.features is not None:  # the heads read an MLP trunk on the frozen backbone's (cached) features
+        backbone = FeatureTrunk(backbone, list(r.features.trunk), r.features.trunk_dim, r.features.normalize)
     ctx = replace(ctx, backbone_dim=int(backbone.out_dim))
     heads = {k: build_component(plugins, "head", cfg, replace(ctx, key=f"heads.{k}"))[1] for k, cfg in r.heads.items()}
     components, ctx = build_components(r, plugins, ctx)
-    _check_input_norm(r, backbone)
     model, momentum = build_network(r, backbone, heads, components, ctx)
     optimizer = build_optimizer(r, model)
     epoch_steps = steps_per_epoch(sources)

@@ -170,9 +170,21 @@ class RunContext:
         self._engine.save_checkpoint()
 
     # -- the engine's services ----------------------------------------------------------------
-    def make_views(self, images: torch.Tensor, train: bool = True) -> dict[str, torch.Tensor]:
+    def make_views(self, images: torch.Tensor, train: bool = True,
+                   index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The recipe's ``[views]`` of a float batch in [0, 1] on the run device: the training views
-        by name, or with ``train=False`` ``{"eval": view}``."""
+        by name, or with ``train=False`` ``{"eval": view}``. In a run on cached features
+        (``[features]``) a batch is rows of features: its evaluation view is itself, and its training
+        views come from the cache by the batch's dataset ``index`` (pass it)."""
+        cached = self._engine.features
+        if cached is not None and images.dim() == 2:
+            if not train:
+                return {"eval": images}
+            if index is None:
+                raise PluginError("ctx.make_views(images, train=True) was called on a batch of cached features "
+                                  "without its index: in a run with [features] the training views are drawn from "
+                                  "the cache by item, so pass index= (the batch's dataset indices).")
+            return cached(index)
         views = self._engine.components.views
         made = views.call(images=images, train=train, ctx=self)
         if not isinstance(made, Mapping) or (not train and "eval" not in made) or (train and not made):

@@ -48,7 +48,8 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float, copy_buffe
     statistics) are copied from the online network, or, with ``copy_buffers=False``, left to the
     target's own forward passes as the MoCo/BYOL reference code does (``[momentum] buffers``)."""
     online_params = dict(online.named_parameters())
-    pairs = [(p, online_params[name].detach()) for name, p in target.named_parameters()]
+    pairs = [(p, online_params[name].detach()) for name, p in target.named_parameters()
+             if online_params[name].requires_grad]  # a frozen backbone is the same in both
     if pairs:  # one fused call per op over all tensors (the same arithmetic as p.mul_(m).add_(o, alpha=1-m))
         mine, theirs = [p for p, _ in pairs], [o for _, o in pairs]
         torch._foreach_mul_(mine, momentum)

@@ -17,6 +17,7 @@ from clustkit import dist
 from clustkit.cluster.diagnostics import DIAGNOSTIC_KEYS
 from clustkit.cluster.metrics import METRIC_KEYS
 from clustkit.cluster.prediction import Prediction
+from clustkit.engine import cached
 from clustkit.engine.build import build_run
 from clustkit.engine.components import Bound
 from clustkit.engine.evaluation import choose, evaluation, metrics, refined, sample_features
@@ -86,6 +87,7 @@ class Run:
             finished = self.restore(run)
             if finished is not None:
                 return finished
+        cached.prepare(run)  # [features]: extract what the cache lacks; train and evaluate on it
         folder.write_recipe(dumps(self.recipe))
         folder.write_metrics(run.history)
         board = TensorBoardLog(folder.path, env_switch("CLUSTKIT_TENSORBOARD", self.recipe.run.tensorboard))

@@ -17,9 +17,11 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from clustkit.engine.batches import BatchSource
+    from clustkit.engine.cached import FeatureViews
     from clustkit.engine.checkpoint import Checkpointer
     from clustkit.engine.components import RunComponents
     from clustkit.engine.context import RunContext
+    from clustkit.engine.feature_cache import FeatureCache
     from clustkit.plugin_system.manager import PluginSet, RunHooks
     from clustkit.recipe.schema import Recipe
 
@@ -49,6 +51,8 @@ class RunState:
     assignment: dict[str, Any] = field(default_factory=dict)  # how the finished run assigns new images
     wall_before: float = 0.0          # seconds spent by earlier invocations (resume)
     started: float = field(default_factory=time.perf_counter)
+    features: FeatureViews | None = None  # a run on cached features: its training views (engine.cached)
+    feature_cache: FeatureCache | None = None
     ctx: RunContext = field(init=False, repr=False)
 
     def wall_s(self) -> float:

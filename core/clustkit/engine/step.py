@@ -132,7 +132,7 @@ def train_step(run: RunState, batch: Batch, losses: Mapping[str, Bound]) -> dict
     (still on the device)."""
     ctx = run.ctx
     images, labels, index = batch
-    views = ctx.make_views(images, train=True)                                # the recipe's [views]
+    views = ctx.make_views(images, train=True, index=index)                   # the recipe's [views]
     if run.recipe.run.channels_last:              # NHWC kernels (GPU tensor cores, CPU oneDNN/AMX)
         views = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in views.items()}
     out = StepOutputs(ctx, images, labels, index, views)                      # heads run when a loss asks

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clustkit.nn.augment import normalize_batch
@@ -53,24 +54,52 @@ class _Trainable(nn.Module):
     net: nn.Module
     frozen: Frozen | None = None
     input_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) of the input
+    input_resize: tuple[int, float, str] | None = None  # (size, crop_pct, interpolation)
 
     def set_input_norm(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         """Normalise the [0, 1] input with a pretrained model's own statistics (other channel counts,
         such as grey: their channel means), as the first operation of the forward pass."""
         self.input_stats = (tuple(mean), tuple(std))
 
+    def set_input_size(self, size: int, crop_pct: float, interpolation: str) -> None:
+        """Resize inputs of another size as timm's evaluation transform does: to ``size / crop_pct``
+        (``interpolation``), then the centre ``size``×``size``. Inputs already that size pass as they
+        are (views that crop at the model's size chose their own framing)."""
+        self.input_resize = (size, crop_pct, interpolation)
+
     @property
     def normalizes_input(self) -> bool:
         return self.input_stats is not None
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def _stats(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(mean, std) for ``channels`` input channels (other counts, such as grey: the channel means)."""
         if self.input_stats is None:
-            return x
+            return None
         mean, std = self.input_stats
-        if x.shape[1] != len(mean):
-            c = x.shape[1]
-            mean, std = (sum(mean) / len(mean),) * c, (sum(std) / len(std),) * c
-        return normalize_batch(x, mean, std)
+        if channels != len(mean):
+            mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+        return mean, std
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise, then resize: the interpolation is linear with weights summing to one, so the
+        order does not change the result, and normalising the small image costs a fraction. The
+        resized image is clamped to the normalised [0, 1] range, as resizing 8-bit images is."""
+        stats = self._stats(x.shape[1])
+        if stats is not None:
+            x = normalize_batch(x, *stats)
+        if self.input_resize is None or x.shape[-2:] == (self.input_resize[0],) * 2:
+            return x
+        size, crop_pct, mode = self.input_resize
+        scaled = max(size, int(size / crop_pct))  # timm: floor(size / crop_pct)
+        x = F.interpolate(x, size=(scaled, scaled), mode=mode, align_corners=False,
+                          antialias=scaled < x.shape[-1])  # antialiasing only matters when shrinking
+        top = (scaled - size) // 2
+        x = x[..., top:top + size, top:top + size]
+        if stats is None:
+            return x.clamp_(0.0, 1.0)
+        lo = normalize_batch(torch.zeros(1, x.shape[1], 1, 1, dtype=x.dtype, device=x.device), *stats)
+        hi = normalize_batch(torch.ones(1, x.shape[1], 1, 1, dtype=x.dtype, device=x.device), *stats)
+        return torch.clamp(x, lo, hi)
 
     def _freeze(self, train: str) -> None:
         last = parse_train(train)

@@ -25,6 +25,7 @@ from clustkit.recipe.schema import (
     CORE_SECTIONS,
     DEFAULT_GROUPING,
     TOP_LEVEL,
+    FeaturesSection,
     MomentumSection,
     Recipe,
     RunSection,
@@ -121,8 +122,9 @@ def validate(raw: dict[str, Any], registry: Registry, file: str = "<recipe>") ->
             raise RecipeError(file, key, "unknown section.", TOP_LEVEL)
     raw = _expand(raw)
     core = {name: _validate_model(file, name, model, raw.get(name, {})) for name, model in CORE_SECTIONS.items()
-            if name != "momentum"}
+            if name not in ("momentum", "features")}
     momentum = _validate_model(file, "momentum", MomentumSection, raw["momentum"]) if "momentum" in raw else None
+    features = _validate_model(file, "features", FeaturesSection, raw["features"]) if "features" in raw else None
     comps: dict[str, Any] = {}
     for key, kind, table, required in COMPONENT_SECTIONS:
         data = raw.get(key)
@@ -142,7 +144,7 @@ def validate(raw: dict[str, Any], registry: Registry, file: str = "<recipe>") ->
             comps[key] = _component(file, key, kind, data, registry)
     run: RunSection = core["run"]  # type: ignore[assignment]
     recipe = Recipe(path=file, run=run, optimizer=core["optimizer"], schedule=core["schedule"],  # type: ignore[arg-type]
-                    momentum=momentum, **comps)
+                    momentum=momentum, features=features, **comps)
     _check_references(recipe, file)
     return recipe
 
@@ -175,9 +177,33 @@ def _check_references(recipe: Recipe, file: str) -> None:
         if ref not in recipe.losses:
             raise RecipeError(file, f"run.unlabeled_losses[{i}]", f"names loss {ref!r}, which the recipe does not "
                               "define.", sorted(recipe.losses))
+    _check_features(recipe, file)
     for prefix in recipe.optimizer.lr_mult:
         if not prefix:
             raise RecipeError(file, "optimizer.lr_mult", "has an empty parameter prefix.")
+
+
+def _check_features(recipe: Recipe, file: str) -> None:
+    """[features] caches a frozen backbone's output: the backbone must be frozen, and augmented
+    positives need cached augmentations."""
+    f = recipe.features
+    if f is None:
+        return
+    train = getattr(recipe.backbone, "train", "none")  # a backbone without the option is frozen by the engine
+    if train != "none":
+        raise RecipeError(file, "backbone.train", f"is {train!r}, but [features] trains on cached features of a "
+                          "frozen backbone: set backbone.train = \"none\", or remove [features] to fine-tune the "
+                          "backbone on images.", ["none"])
+    if f.positives == "augment" and f.augmentations < 1:
+        raise RecipeError(file, "features.augmentations", "is 0, but features.positives = \"augment\" draws each "
+                          "view from the cached augmentations: cache at least one round, or use positives = "
+                          "\"neighbours\".")
+    if f.trunk and not f.trunk_dim:
+        raise RecipeError(file, "features.trunk_dim", "is unset, but features.trunk has hidden layers: the trunk "
+                          "needs an output size.")
+    if recipe.unlabeled is not None:
+        raise RecipeError(file, "features", "cannot be combined with an [unlabeled] section yet: the cache holds "
+                          "[data] only.")
 
 
 def _pairs(value: Any, key: str) -> list[tuple[str, Any]]:

@@ -85,6 +85,30 @@ class MomentumSection(_Strict):
         "step, or keep its 'own', updated by its own forward passes (MoCo/BYOL/ProPos reference code)")
 
 
+class FeaturesSection(_Strict):
+    """Train on cached features of a frozen pretrained backbone (docs/pretrained.md).
+
+    The engine extracts, once, the backbone's features of every item (the evaluation view and
+    ``augmentations`` rounds of the ``[views]`` training views) into a memory-mapped cache, and the
+    heads train on those through an MLP trunk: an epoch costs the heads, not the backbone."""
+
+    cache_dir: str | None = Field(None, description="where the cache lives (a folder per model, weights, data and "
+                                  "transform); unset: $CLUSTKIT_CACHE_DIR or ~/.cache/clustkit, then features/")
+    augmentations: int = Field(0, ge=0, description="rounds of the [views] training views cached per item, besides "
+                               "the evaluation view (each round costs one backbone pass per training view)")
+    positives: Literal["neighbours", "augment"] = Field(
+        "neighbours", description="'neighbours': the first training view is the item, every other one a random one "
+        "of its k nearest neighbours in the frozen feature space (SCAN's and TEMI's positives); 'augment': each "
+        "view a random cached augmentation of the item (needs augmentations >= 1)")
+    neighbours: int = Field(20, ge=1, description="k of the neighbour views")
+    normalize: bool = Field(True, description="L2-normalise the cached features before the trunk")
+    trunk: list[int] = Field(default_factory=list, description="hidden widths of the trunk's MLP (Linear, "
+                             "BatchNorm, ReLU each)")
+    trunk_dim: int = Field(512, ge=0, description="the trunk's output size, what the heads read as backbone "
+                           "features; 0 with no hidden layers: the (normalised) cached features themselves")
+    batch_size: int = Field(128, ge=1, description="images per backbone pass while extracting")
+
+
 # Component sections: (recipe key, registry kind, is a table of named instances, required)
 COMPONENT_SECTIONS: tuple[tuple[str, str, bool, bool], ...] = (
     ("data", "dataset", False, True),
@@ -102,10 +126,11 @@ CORE_SECTIONS: dict[str, type[BaseModel]] = {
     "optimizer": OptimizerSection,
     "schedule": ScheduleSection,
     "momentum": MomentumSection,
+    "features": FeaturesSection,
 }
 DEFAULT_GROUPING = {"name": "kmeans"}
 TOP_LEVEL = ["run", "data", "unlabeled", "backbone", "heads", "views", "losses", "grouping", "evaluation", "refine",
-             "optimizer", "schedule", "momentum"]
+             "optimizer", "schedule", "momentum", "features"]
 
 
 @dataclass
@@ -126,6 +151,7 @@ class Recipe:
     losses: dict[str, BaseModel] = field(default_factory=dict)
     refine: dict[str, BaseModel] = field(default_factory=dict)
     unlabeled: BaseModel | None = None
+    features: FeaturesSection | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe (every default filled in), as plain TOML-able data."""
@@ -139,6 +165,8 @@ class Recipe:
         out["schedule"] = _dump(self.schedule)
         if self.momentum is not None:
             out["momentum"] = _dump(self.momentum)
+        if self.features is not None:
+            out["features"] = _dump(self.features)
         return out
 
     @property
