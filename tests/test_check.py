@@ -108,7 +108,8 @@ def test_an_option_the_dataset_does_not_take_is_one_paragraph_naming_the_file_an
     message = " ".join(result.stderr.split())
     assert str(path) in message and "'data.superclasses'" in message and "unknown key" in message, message
     allowed = message.split("Allowed values:")[1]
-    assert {k.strip(" .") for k in allowed.split(",")} == {"channels", "image_size", "name", "root", "split"}, message
+    assert {k.strip(" .") for k in allowed.split(",")} == {"channels", "image_size", "imbalance", "name", "root",
+                                                                  "split"}, message
 
     path.write_text(with_data(TINY_CC, 'name = "cifar100"\nroot = "data/cifar100"\nsuperclasses = true'))
     assert check(path).returncode == 0
@@ -135,13 +136,14 @@ def test_plugins_show_lists_only_the_options_each_dataset_takes() -> None:
         return {f["key"]: f for f in component["fields"]}
 
     mnist = keys("mnist")
-    assert set(mnist) == {"root", "split", "image_size", "channels"}
+    assert set(mnist) == {"root", "split", "image_size", "channels", "imbalance"}
     assert "unlabeled" not in mnist["split"]["type"] and mnist["channels"]["default"] is None
     assert keys("cifar100")["superclasses"]["default"] is True
     stl10 = keys("stl10")
     assert "'unlabeled'" in stl10["split"]["type"] and stl10["unlabeled"]["default"] is False
-    assert set(keys("image_folder")) == {"root", "split", "image_size", "channels", "in_memory", "classes"}
-    assert set(keys("digits")) == {"split", "image_size", "channels"}
+    assert set(keys("image_folder")) == {"root", "split", "image_size", "channels", "in_memory", "classes",
+                                         "imbalance"}
+    assert set(keys("digits")) == {"split", "image_size", "channels", "imbalance"}
 
 
 def test_check_accepts_valid_recipe_and_set(tiny_recipe: Path) -> None:

@@ -119,13 +119,14 @@ FILE_DATASETS = {"image_folder", "imagenet10", "imagenet_dogs", "tiny_imagenet",
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_each_dataset_config_holds_exactly_its_loaders_options(name):
     """The recipe's [data] options go to the loader unfiltered, so each dataset's config model takes
-    exactly its loader's options (and in_memory for image files; digits needs no root), defaulting as it does."""
+    exactly its loader's options (and in_memory for image files; digits needs no root), defaulting as it does,
+    plus imbalance, which load_dataset applies to any labelled dataset after its loader."""
     from clustkit.builtin.dataset_configs import DATASET_CONFIGS
 
     assert set(DATASET_CONFIGS) == set(DATASETS)
     fields = DATASET_CONFIGS[name].model_fields
     params = inspect.signature(DATASETS[name]).parameters
-    expected = (set(params) - ({"root"} if name == "digits" else set())) | {"name"}
+    expected = (set(params) - ({"root"} if name == "digits" else set())) | {"name", "imbalance"}
     assert set(fields) == expected | ({"in_memory"} if name in FILE_DATASETS else set())
     for key in set(params) & set(fields):
         assert fields[key].default == params[key].default, key

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from clustkit import ComponentConfig
 
@@ -22,6 +22,22 @@ NATIVE_SIZE = "resize once, in memory, to this size (shorter side, then centre c
 NATIVE_CHANNELS = "convert to 1 (grey) or 3 (RGB) channels; unset: the dataset's own"
 
 
+class Imbalance(BaseModel):
+    """A long-tailed subsample of a labelled dataset (clustkit.data.imbalance, docs/data.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(10.0, ge=1, allow_inf_nan=False, description="items of the largest class / items of "
+                         "the smallest")
+    profile: Literal["exponential", "step"] = Field("exponential", description="class c of C keeps n_max · "
+                                                    "ratio^(-c/(C-1)); 'step': half the classes n_max, half "
+                                                    "n_max / ratio")
+    seed: int = Field(0, description="which items each class keeps")
+
+
+IMBALANCE = "subsample to a long-tailed profile, e.g. {ratio = 10}; unset: the dataset as it is"
+
+
 class DatasetOptions(ComponentConfig):
     """What every dataset read from disk takes: where it is, which split, at what size."""
 
@@ -29,6 +45,7 @@ class DatasetOptions(ComponentConfig):
     split: Split = Field("all", description="'all' pools train and test (the clustering protocol); 'train' or "
                          "'test' reads one")
     image_size: int | None = Field(None, ge=4, description=NATIVE_SIZE)
+    imbalance: Imbalance | None = Field(None, description=IMBALANCE)
 
 
 class ArrayDatasetOptions(DatasetOptions):
@@ -56,6 +73,7 @@ class DigitsConfig(ComponentConfig):
     split: Literal["all"] = Field("all", description="digits has no train/test split")
     image_size: int | None = Field(None, ge=4, description=NATIVE_SIZE)
     channels: Channels | None = Field(None, description=NATIVE_CHANNELS)
+    imbalance: Imbalance | None = Field(None, description=IMBALANCE)
 
 
 class MnistConfig(ArrayDatasetOptions):

@@ -21,7 +21,10 @@ import numpy as np
 
 from clustkit.cluster.metrics import cluster_sizes
 
-__all__ = ["DIAGNOSTIC_KEYS", "SAMPLE", "cluster_diagnostics", "subsample"]
+__all__ = ["DIAGNOSTIC_KEYS", "GIANT", "SAMPLE", "TINY", "cluster_diagnostics", "size_profile", "subsample"]
+
+#: a cluster below this share of a balanced cluster (N / n_clusters) is flagged tiny, above this one giant
+TINY, GIANT = 0.1, 3.0
 
 #: what :func:`cluster_diagnostics` returns (``silhouette`` only when it is given features)
 DIAGNOSTIC_KEYS = ("size_entropy", "n_empty", "min_size_ratio", "max_size_ratio", "silhouette")
@@ -36,6 +39,27 @@ def subsample(n: int, limit: int = SAMPLE, seed: int = 0) -> np.ndarray:
     if n <= limit:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def size_profile(clusters: np.ndarray, n_clusters: int, labels: np.ndarray | None = None) -> dict[str, list[int]]:
+    """The cluster sizes, largest first, beside the class sizes where labels exist (``classes``), and
+    the cluster ids flagged without labels: ``empty``, ``tiny`` (under :data:`TINY` of a balanced
+    cluster) and ``giant`` (over :data:`GIANT` times one). On long-tailed data the true classes
+    are uneven too: the flags say where to look, the class sizes whether it is the data."""
+    c = np.asarray(clusters).reshape(-1).astype(np.int64, copy=False)
+    sizes = cluster_sizes(c[c >= 0], int(n_clusters))
+    balanced = sizes.sum() / max(1, int(n_clusters))
+    out = {"clusters": sorted(sizes.tolist(), reverse=True),
+           "empty": np.flatnonzero(sizes == 0).tolist(),
+           "tiny": np.flatnonzero((sizes > 0) & (sizes < TINY * balanced)).tolist(),
+           "giant": np.flatnonzero(sizes > GIANT * balanced).tolist()}
+    if labels is not None:
+        y = np.asarray(labels).reshape(-1)
+        y = y[(y >= 0) & (c >= 0)] if y.size == c.size else y[y >= 0]
+        if y.size:
+            counts = np.bincount(y)
+            out["classes"] = sorted(counts[counts > 0].tolist(), reverse=True)
+    return out
 
 
 def cluster_diagnostics(clusters: np.ndarray, n_clusters: int, features: np.ndarray | None = None, *,

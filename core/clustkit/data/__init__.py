@@ -17,6 +17,7 @@ from .arrays import load_coil20, load_digits, load_fashion_mnist, load_kmnist, l
 from .base import UNREADABLE, ClusterDataset, DatasetError, FolderDataset, InMemoryDataset
 from .cifar import load_cifar10, load_cifar100
 from .folder import load_image_folder, load_imagenet10, load_imagenet_dogs, load_tiny_imagenet
+from .imbalance import long_tailed
 from .memory import InMemory, place
 from .shards import TarShardDataset, load_webdataset
 
@@ -60,6 +61,7 @@ def load_dataset(
     image_size: int | tuple[int, int] | None = None,
     split: str = "all",
     in_memory: InMemory | None = None,
+    imbalance: dict | None = None,
     **options,
 ) -> ClusterDataset:
     """Load dataset ``name`` (a key of :data:`DATASETS`; ``-`` and ``_`` are interchangeable).
@@ -71,7 +73,8 @@ def load_dataset(
     images fit in a quarter of the available memory ("auto", the recipes' default); None (the
     default here) keeps what the loader returns. Any other option goes to the loader (e.g. ``channels``,
     ``superclasses``, ``unlabeled``, ``classes``, ``cache_dir``); unknown ones raise
-    :class:`DatasetError`.
+    :class:`DatasetError`. ``imbalance`` (``{"ratio": 10, "profile": "exponential", "seed": 0}``)
+    subsamples the result to a long tail (:mod:`clustkit.data.imbalance`).
     """
     key = str(name).strip().lower().replace("-", "_")
     loader = DATASETS.get(key)
@@ -90,4 +93,5 @@ def load_dataset(
     if root is not None:
         root = os.path.expanduser(os.fspath(root))
     ds = loader(root, image_size=image_size, split=split, **options)
-    return ds if in_memory is None else place(ds, in_memory, key)
+    ds = ds if in_memory is None else place(ds, in_memory, key)
+    return ds if imbalance is None else long_tailed(ds, imbalance)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from clustkit import dist
-from clustkit.cluster.diagnostics import DIAGNOSTIC_KEYS
+from clustkit.cluster.diagnostics import DIAGNOSTIC_KEYS, size_profile
 from clustkit.cluster.metrics import METRIC_KEYS
 from clustkit.cluster.prediction import Prediction
 from clustkit.engine import cached
@@ -246,6 +246,8 @@ class Run:
             "seed": r.run.seed,
             "acc": scores.get("acc"), "nmi": scores.get("nmi"), "ari": scores.get("ari"), "ami": scores.get("ami"),
             **diagnostics,  # label-free: size balance, empty clusters, silhouette (docs/report.md)
+            # cluster sizes beside the class sizes; empty, tiny and giant clusters flagged without labels
+            "sizes": size_profile(pred.labels, ctx.n_clusters, np.asarray(ctx.dataset.labels)),
             "unreadable_images": sum(len(s.unreadable) for s in run.sources.values()),
             "wall_s": round(run.wall_s(), 3),
             "recipe": r.path,

@@ -107,7 +107,7 @@ def write_report(folder: Path, *, history: list[dict], clusters: np.ndarray | No
         if y is not None and c is not None and y.size != c.size:
             raise ValueError(f"labels has {y.size} entries but clusters has {c.size}")
         if c is not None:
-            captions["cluster_sizes"] = plots.plot_cluster_sizes(assigned, k, figdir / "cluster_sizes.png")
+            captions["cluster_sizes"] = plots.plot_cluster_sizes(assigned, k, figdir / "cluster_sizes.png", y)
             if y is not None and (y >= 0).any():
                 both = c >= 0
                 captions["confusion"] = plots.plot_confusion(y[both], c[both], figdir / "confusion.png")

@@ -133,11 +133,14 @@ def plot_metrics(history: list[dict[str, Any]], path: Path) -> str | None:
     return f"Clustering metrics at {len(entries)} evaluation{'s' * (len(entries) != 1)} (dashed line: final)."
 
 
-def plot_cluster_sizes(clusters: np.ndarray, n_clusters: int, path: Path) -> str:
-    """Bar chart of members per cluster id; the dashed line is the perfectly balanced size."""
+def plot_cluster_sizes(clusters: np.ndarray, n_clusters: int, path: Path, labels: np.ndarray | None = None) -> str:
+    """Bar chart of members per cluster id (the dashed line is the perfectly balanced size); with
+    ``labels``, beside it the cluster sizes and the class sizes, each sorted largest first."""
     sizes = np.bincount(clusters, minlength=n_clusters)
-    fig = _figure(min(16.0, max(5.0, 0.25 * n_clusters + 2)), 3.2)
-    ax = fig.add_subplot(1, 1, 1)
+    classes = np.bincount(labels[labels >= 0]) if labels is not None and (labels >= 0).any() else None
+    width = min(16.0, max(5.0, 0.25 * n_clusters + 2))
+    fig = _figure(width + (5.0 if classes is not None else 0.0), 3.2)
+    ax = fig.add_subplot(1, 2 if classes is not None else 1, 1)
     ax.bar(np.arange(n_clusters), sizes, width=0.8, color="tab:blue")
     if clusters.size:
         ax.axhline(clusters.size / n_clusters, color="k", ls="--", lw=1, alpha=0.6)
@@ -147,10 +150,21 @@ def plot_cluster_sizes(clusters: np.ndarray, n_clusters: int, path: Path) -> str
         ax.set_xticks(np.arange(n_clusters))
         ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="y", alpha=0.3)
+    if classes is not None:
+        side = fig.add_subplot(1, 2, 2)
+        side.plot(np.sort(sizes)[::-1], "o-", ms=3, label="clusters")
+        side.plot(np.sort(classes[classes > 0])[::-1], "s--", ms=3, label="classes")
+        side.set_xlabel("rank (largest first)")
+        side.set_ylabel("members")
+        side.legend(fontsize=7)
+        side.grid(alpha=0.3)
     save(fig, path)
     empty = int((sizes == 0).sum())
-    return (f"Members per cluster over {n_clusters} cluster ids ({clusters.size} items, {empty} empty); "
+    text = (f"Members per cluster over {n_clusters} cluster ids ({clusters.size} items, {empty} empty); "
             "dashed line: a perfectly balanced size.")
+    if classes is not None:
+        text += " Right: the cluster sizes and the class sizes, each sorted largest first (uneven data shows here)."
+    return text
 
 
 def plot_confusion(labels: np.ndarray, clusters: np.ndarray, path: Path) -> str | None:
