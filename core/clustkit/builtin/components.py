@@ -27,11 +27,12 @@ def _input_norm(cfg: Any) -> bool:
 def _preprocess(net: Any, cfg: Any, model: dict[str, Any]) -> Any:
     """The pretrained model's own evaluation preprocessing (``model``: its mean, std, input size,
     crop and interpolation), each part overridable by the recipe."""
-    if _input_norm(cfg):
+    normalise = _input_norm(cfg)
+    if normalise:
         net.set_input_norm(tuple(model["mean"]), tuple(model["std"]))
     size = cfg.input_size
     if size == "auto":
-        size = int(model["input_size"][-1]) if _input_norm(cfg) else "none"
+        size = int(model["input_size"][-1]) if normalise else "none"
     if size != "none":
         crop = float(model["crop_pct"] if cfg.crop_pct == "auto" else cfg.crop_pct)
         mode = model["interpolation"] if cfg.interpolation == "auto" else cfg.interpolation

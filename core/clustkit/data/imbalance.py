@@ -37,11 +37,9 @@ def long_tail_counts(counts: np.ndarray, ratio: float, profile: str) -> np.ndarr
 def long_tail_indices(labels: np.ndarray, ratio: float, profile: str = "exponential", seed: int = 0) -> np.ndarray:
     """The sorted indices of the items a long-tailed subsample keeps."""
     labels = np.asarray(labels)
-    classes = np.arange(int(labels.max()) + 1)
-    counts = np.array([(labels == k).sum() for k in classes])
-    keep = long_tail_counts(counts, ratio, profile)
+    keep = long_tail_counts(np.bincount(labels), ratio, profile)
     rng = np.random.default_rng(seed)
-    chosen = [rng.permutation(np.flatnonzero(labels == k))[:n] for k, n in zip(classes, keep)]
+    chosen = [rng.permutation(np.flatnonzero(labels == k))[:n] for k, n in enumerate(keep)]
     return np.sort(np.concatenate(chosen))
 
 

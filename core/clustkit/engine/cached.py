@@ -76,12 +76,11 @@ class FeatureViews:
     def _rows(self, view: int, items: torch.Tensor) -> torch.Tensor:
         """Features of ``items`` (CPU indices) for view number ``view``: a random cached round, or
         the evaluation features."""
-        if self.rounds == 0 or self.cache.aug is None:
+        if self.cache.aug is None:
             rows = self.eval[items]
         else:
             rounds = torch.randint(self.rounds, (len(items),)).numpy()
-            rows = torch.from_numpy(np.asarray(self.cache.aug[rounds, view % self.cache.aug.shape[1],
-                                                              items.numpy()]))
+            rows = torch.from_numpy(np.asarray(self.cache.aug[rounds, view, items.numpy()]))
         return rows.to(self.device, non_blocking=True).float()
 
     def __call__(self, index: torch.Tensor) -> dict[str, torch.Tensor]:

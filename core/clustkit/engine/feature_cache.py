@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,16 +120,16 @@ class CachePart:
     def checksum(array: np.ndarray, rows: slice) -> int:
         return zlib.crc32(np.ascontiguousarray(array[..., rows, :]).tobytes())
 
-    def verified(self) -> tuple[list[int], set[int]]:
-        """(chunks to extract, unreadable items of the finished ones): a chunk whose rows do not
-        match its marker's checksum is to extract again (and said so)."""
+    def verified(self, chunks: list[int] | None = None) -> tuple[list[int], set[int]]:
+        """(chunks to extract, unreadable items of the finished ones) among ``chunks`` (default: all):
+        a chunk whose rows do not match its marker's checksum is to extract again (and said so)."""
         todo: list[int] = []
         unreadable: set[int] = set()
         try:
             array = self.open("r") if self.path.exists() else None
         except ValueError:
             array = None
-        for c in range(self.n_chunks):
+        for c in range(self.n_chunks) if chunks is None else chunks:
             mark = self.marker(c)
             if array is None or not mark.exists():
                 todo.append(c)
@@ -203,12 +204,13 @@ def open_cache(run: RunState) -> FeatureCache:
     key = _sha(json.dumps(model, sort_keys=True, default=str).encode())[:20]
     folder = cache_root(r) / key
     n, dim = len(run.ctx.dataset), trunk.feature_dim
-    meta = {**model, "n": n, "dim": dim, "chunk": f.batch_size, "backbone": r.to_dict()["backbone"]}
+    resolved = r.to_dict()
+    meta = {**model, "n": n, "dim": dim, "chunk": f.batch_size, "backbone": resolved["backbone"]}
     _check_meta(folder, meta)
     names = view_names(run)
     aug = None
     if f.augmentations:
-        views = {"views": r.to_dict()["views"], "names": names, "rounds": f.augmentations, "seed": AUG_SEED}
+        views = {"views": resolved["views"], "names": names, "rounds": f.augmentations, "seed": AUG_SEED}
         tag = _sha(json.dumps(views, sort_keys=True).encode())[:12]
         aug = CachePart(folder, f"aug-{tag}", (f.augmentations, len(names), n, dim), f.batch_size)
         if dist.is_main() and not (folder / f"aug-{tag}.json").exists():
@@ -272,11 +274,12 @@ def ensure(run: RunState, cache: FeatureCache) -> FeatureCache:
             _extract(run, cache, mine, {name: set(missing) for name, (missing, _) in plan.items()}, len(todo))
         dist.barrier()
         for part in cache.parts():
-            missing, unreadable = part.verified() if todo else plan[part.name]
+            before, unreadable = plan[part.name]
+            missing, extracted = part.verified(before) if before else ([], set())  # the rest was checked above
             if missing:
                 raise RuntimeError(f"the feature cache {part.path} still lacks rows {part.rows(missing[0])} after "
                                    "extraction (another process writing into it?)")
-            cache.unreadable |= unreadable
+            cache.unreadable |= unreadable | extracted
     cache.load()
     return cache
 
@@ -293,17 +296,17 @@ def _extract(run: RunState, cache: FeatureCache, chunks: list[int], missing: dic
     # 35 against 21 images/s); the weights' values, and so the cache key, are unchanged
     frozen.to(memory_format=torch.channels_last)
     progress = _Progress(run, len(chunks), total)
+
+    def features(view: torch.Tensor) -> np.ndarray:
+        if view.dim() == 4:
+            view = view.contiguous(memory_format=torch.channels_last)
+        with ctx.autocast():
+            return frozen(view).float().cpu().numpy().astype(np.float16)
+
     try:
         for c in chunks:
             rows = cache.eval_part.rows(c)
             x = torch.cat([b[0] for b in source.eval_batches(np.arange(rows.start, rows.stop))])
-
-            def features(view: torch.Tensor) -> np.ndarray:
-                if view.dim() == 4:
-                    view = view.contiguous(memory_format=torch.channels_last)
-                with ctx.autocast():
-                    return frozen(view).float().cpu().numpy().astype(np.float16)
-
             bad = sorted(i for i in source.unreadable if rows.start <= i < rows.stop)
             if c in missing.get("eval", ()):
                 arrays["eval"][rows] = features(ctx.make_views(x, train=False)["eval"])
@@ -327,10 +330,7 @@ class _Progress:
     """A bar on a terminal; otherwise a line at each tenth of the chunks (logs of cluster jobs)."""
 
     def __init__(self, run: RunState, mine: int, total: int):
-        import time
-
-        self.time = time.perf_counter
-        self.started = self.time()
+        self.started = time.perf_counter()
         self.mine, self.done, self.images = mine, 0, 0
         self.console = run.console
         self.bar: Any = None
@@ -350,7 +350,7 @@ class _Progress:
     def advance(self, images: int) -> None:
         self.done += 1
         self.images += images
-        rate = f"{self.images / max(self.time() - self.started, 1e-9):.1f} img/s"
+        rate = f"{self.images / max(time.perf_counter() - self.started, 1e-9):.1f} img/s"
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, rate=rate)
         elif self.enabled and (self.done == self.mine or self.done % -(-self.mine // 10) == 0):

@@ -37,8 +37,8 @@ def read_state(path: Path, recipe_file: str | None = None) -> dict[str, torch.Te
     """The tensors of a weights file, unwrapped from the usual containers (``{"state_dict": ...}``)."""
     if not path.is_file():
         raise RecipeError(recipe_file, "backbone.weights", f"the weights file {path} does not exist. Allowed values: "
-                     "\"none\", \"hub\" (download; needs network) or a file ending in "
-                     f"{', '.join(FILE_SUFFIXES)}.")
+                          "\"none\", \"hub\" (download; needs network) or a file ending in "
+                          f"{', '.join(FILE_SUFFIXES)}.")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -49,14 +49,14 @@ def read_state(path: Path, recipe_file: str | None = None) -> dict[str, torch.Te
     except Exception as exc:  # a damaged file or a pickle that is not plain tensors
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise RecipeError(recipe_file, "backbone.weights", f"cannot read the weights file {path}: "
-                     f"{type(exc).__name__}{': ' + first if first else ''}.") from None
+                          f"{type(exc).__name__}{': ' + first if first else ''}.") from None
     for name in _CONTAINERS:
         if isinstance(state, dict) and isinstance(state.get(name), dict):
             state = state[name]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RecipeError(recipe_file, "backbone.weights", f"the weights file {path} does not hold a state dict "
-                     "(a mapping of names to tensors).")
+                          "(a mapping of names to tensors).")
     return dict(state)
 
 
@@ -78,12 +78,12 @@ def map_keys(state: dict[str, torch.Tensor], key_map: dict[str, str] | str | Non
             dst = [(k, v) for k, v in dst if not k.startswith(optional)]
         if len(src) != len(dst):
             raise RecipeError(recipe_file, "backbone.key_map", f"key_map = \"order\" pairs tensors by position, but "
-                         f"{file} holds {len(src)} and the model {len(dst)} (not counting BatchNorm's "
-                         "num_batches_tracked); map the names with a table of regular expressions instead.")
+                              f"{file} holds {len(src)} and the model {len(dst)} (not counting BatchNorm's "
+                              "num_batches_tracked); map the names with a table of regular expressions instead.")
         for i, ((sk, sv), (dk, dv)) in enumerate(zip(src, dst)):
             if sv.shape != dv.shape:
                 raise RecipeError(recipe_file, "backbone.key_map", f"key_map = \"order\": tensor {i} of {file} ({sk}, "
-                             f"shape {tuple(sv.shape)}) does not fit the model's {dk} (shape {tuple(dv.shape)}).")
+                                  f"shape {tuple(sv.shape)}) does not fit the model's {dk} (shape {tuple(dv.shape)}).")
         return {dk: sv for (_, sv), (dk, _) in zip(src, dst)}
     assert isinstance(key_map, dict)
     out = {}
@@ -113,8 +113,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], file: Path, rec
                 shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
                 parts.append(f"{len(keys)} key(s) {what}: {shown}")
         raise RecipeError(recipe_file, "backbone.weights", f"the weights file {file} does not fit the model: "
-                     + "; ".join(parts) + ". Rename the file's keys with backbone.key_map (a table of regular "
-                     "expressions, or \"order\" for a port of the same network).")
+                          + "; ".join(parts) + ". Rename the file's keys with backbone.key_map (a table of regular "
+                          "expressions, or \"order\" for a port of the same network).")
     model.load_state_dict(state, strict=False)
 
 
